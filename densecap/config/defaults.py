@@ -1,0 +1,174 @@
+"""All configuration keys and their defaults, in one commented place.
+
+Names follow detectron2 where the idea is the same (``MODEL.RPN.*``, ``SOLVER.*``, ``INPUT.*``,
+``DATASETS.*``, ``TEST.*``, ``OUTPUT_DIR``). Defaults reproduce the original DenseCap (Lua/Torch,
+Johnson et al. 2016) unless a comment says otherwise. A YAML file may only set keys that exist
+here; an unknown key is an error naming it.
+"""
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+
+class CfgNode(_FvCfgNode):
+    """fvcore's CfgNode: ``_BASE_`` inheritance, ``merge_from_list(["KEY", "VALUE", ...])``."""
+
+
+_C = CfgNode()
+_C.VERSION = 1
+
+# --------------------------------------------------------------------------------------------
+# MODEL
+# --------------------------------------------------------------------------------------------
+_C.MODEL = CfgNode()
+_C.MODEL.META_ARCHITECTURE = "DenseCap"  # registry: DenseCap, ImageCaptioner
+_C.MODEL.DEVICE = "cpu"  # "cpu" or "cuda"
+# Full checkpoint to initialise from (a densecap .pth); empty = none.
+_C.MODEL.WEIGHTS = ""
+# Pixel statistics for RGB images in 0..255 (ImageNet).
+_C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+_C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+
+_C.MODEL.BACKBONE = CfgNode()
+# registry: "vgg16" (relu5_3, stride 16), "resnet50_c4" (stride 16), "resnet50_fpn", "small_cnn"
+_C.MODEL.BACKBONE.NAME = "vgg16"
+# ImageNet initialisation: a torchvision weight enum name ("VGG16_Weights.IMAGENET1K_V1",
+# "ResNet50_Weights.IMAGENET1K_V2") or a local .pth path; empty = random initialisation.
+# No download happens at run time: torchvision names resolve through the local torch hub cache.
+_C.MODEL.BACKBONE.WEIGHTS = ""
+# Freeze the stem and the first N stages (the original never trains VGG conv1-conv2: 2).
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+# Normalisation inside the backbone: "" (as the network was defined), "FrozenBN", "BN", "GN".
+_C.MODEL.BACKBONE.NORM = ""
+# Width of the small CPU backbone (small_cnn only).
+_C.MODEL.BACKBONE.WIDTH = 64
+
+_C.MODEL.FPN = CfgNode()
+_C.MODEL.FPN.OUT_CHANNELS = 256
+
+_C.MODEL.RPN = CfgNode()
+_C.MODEL.RPN.HEAD_CHANNELS = 256  # 3x3 conv 512->256 in the original
+# Anchors as (w, h) pairs in input pixels (the original's 12). For FPN, ANCHOR_SIZES_FPN gives
+# per-level square sizes and ASPECT_RATIOS the shapes.
+_C.MODEL.RPN.ANCHORS = [
+    [45, 90], [90, 45], [64, 64], [90, 180], [180, 90], [128, 128],
+    [181, 362], [362, 181], [256, 256], [362, 724], [724, 362], [512, 512],
+]
+_C.MODEL.RPN.ANCHOR_SIZES_FPN = [[32], [64], [128], [256], [512]]
+_C.MODEL.RPN.ASPECT_RATIOS = [0.5, 1.0, 2.0]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# [negative below, positive above]
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+# The original measures IoU between *predicted* boxes (anchor + deltas) and GT when sampling.
+_C.MODEL.RPN.MATCH_PREDICTED_BOXES = True
+# Exclude boxes that cross the image border from training (the original does).
+_C.MODEL.RPN.IGNORE_CROSS_BOUNDARY = True
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.LOSS_WEIGHT_CLS = 0.1
+_C.MODEL.RPN.LOSS_WEIGHT_BOX = 0.05
+_C.MODEL.RPN.SMOOTH_L1_BETA = 1.0
+# L2 pull on the RPN deltas (the original's 5e-5).
+_C.MODEL.RPN.DELTA_L2_WEIGHT = 5e-5
+
+_C.MODEL.ROI = CfgNode()
+# "bilinear": the original's differentiable bilinear sampler (gradients reach box coordinates);
+# "roi_align": torchvision RoIAlign, for comparison.
+_C.MODEL.ROI.SAMPLER = "bilinear"
+_C.MODEL.ROI.POOLER_RESOLUTION = 7
+# Let recognition losses flow into the box coordinates (and so into the RPN regressor).
+_C.MODEL.ROI.BACKPROP_BOXES = True
+# Recognition network: two FC layers (fc6/fc7 of VGG: 4096).
+_C.MODEL.ROI.FC_DIM = 4096
+_C.MODEL.ROI.DROPOUT = 0.5
+# Boxes sampled per image for the recognition network during training (the RPN's sample).
+_C.MODEL.ROI.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.ROI.POSITIVE_FRACTION = 0.5
+_C.MODEL.ROI.LOSS_WEIGHT_CLS = 0.1
+_C.MODEL.ROI.LOSS_WEIGHT_BOX = 0.1
+_C.MODEL.ROI.SMOOTH_L1_BETA = 1.0
+# Final NMS on refined boxes ranked by objectness.
+_C.MODEL.ROI.NMS_THRESH_TEST = 0.3
+
+_C.MODEL.CAPTION = CfgNode()
+# registry of region caption decoders: "lstm" (the original), "gru"
+_C.MODEL.CAPTION.DECODER = "lstm"
+_C.MODEL.CAPTION.EMBED_SIZE = 512
+_C.MODEL.CAPTION.HIDDEN_SIZE = 512
+_C.MODEL.CAPTION.NUM_LAYERS = 1
+_C.MODEL.CAPTION.DROPOUT = 0.0
+# Longest caption in tokens (longer GT captions are dropped at preparation).
+_C.MODEL.CAPTION.MAX_TOKENS = 15
+_C.MODEL.CAPTION.LOSS_WEIGHT = 1.0
+# Optional GloVe/word2vec text file to initialise word embeddings from.
+_C.MODEL.CAPTION.WORD_VECTORS = ""
+
+# --------------------------------------------------------------------------------------------
+# INPUT
+# --------------------------------------------------------------------------------------------
+_C.INPUT = CfgNode()
+# Longest image side after resizing (the original: 720).
+_C.INPUT.MAX_SIZE = 720
+# Random horizontal flip during training (also swaps the words "left" and "right").
+_C.INPUT.RANDOM_FLIP = False
+
+# --------------------------------------------------------------------------------------------
+# DATASETS
+# --------------------------------------------------------------------------------------------
+_C.DATASETS = CfgNode()
+# Names from the dataset catalog ("vg_train", "synthetic_val", ...) or "PREPARED_DIR:SPLIT".
+_C.DATASETS.TRAIN = ("vg_train",)
+_C.DATASETS.TEST = ("vg_val",)
+# Root for catalog names: vg_* -> ROOT/vg/prepared, synthetic_* -> ROOT/synthetic/prepared.
+_C.DATASETS.ROOT = "datasets"
+
+_C.DATALOADER = CfgNode()
+_C.DATALOADER.NUM_WORKERS = 2
+_C.DATALOADER.ASPECT_RATIO_GROUPING = False
+
+# --------------------------------------------------------------------------------------------
+# SOLVER
+# --------------------------------------------------------------------------------------------
+_C.SOLVER = CfgNode()
+_C.SOLVER.OPTIMIZER = "ADAM"  # "ADAM", "ADAMW" or "SGD"
+_C.SOLVER.BASE_LR = 1e-5
+_C.SOLVER.BETAS = (0.9, 0.999)
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.WEIGHT_DECAY = 1e-6
+# Learning rate multiplier for the backbone (0 freezes it beyond FREEZE_AT as well).
+_C.SOLVER.BACKBONE_LR_FACTOR = 1.0
+_C.SOLVER.LR_SCHEDULER_NAME = "constant"  # "constant", "step", "cosine"
+_C.SOLVER.STEPS = ()
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.WARMUP_ITERS = 0
+_C.SOLVER.WARMUP_FACTOR = 0.001
+_C.SOLVER.MAX_ITER = 100000
+# Stop after this many seconds of training (0 = no limit); the last state is checkpointed.
+_C.SOLVER.MAX_TIME_SECONDS = 0
+_C.SOLVER.IMS_PER_BATCH = 1
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.CLIP_GRADIENTS = CfgNode()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+_C.SOLVER.CLIP_GRADIENTS.MAX_NORM = 5.0
+_C.SOLVER.LOG_PERIOD = 20
+
+# --------------------------------------------------------------------------------------------
+# TEST
+# --------------------------------------------------------------------------------------------
+_C.TEST = CfgNode()
+# Evaluate on DATASETS.TEST every N iterations (0 = only at the end).
+_C.TEST.EVAL_PERIOD = 10000
+# Images used for periodic evaluation (the original: 1000 val images); 0 = all.
+_C.TEST.MAX_IMAGES = 1000
+# Keep at most this many boxes per image after the final NMS (0 = all, as the original).
+_C.TEST.DETECTIONS_PER_IMAGE = 0
+# Drop boxes whose score (sigmoid of objectness) is below this.
+_C.TEST.SCORE_THRESH = 0.0
+_C.TEST.BEAM_SIZE = 1
+# Original's behaviour for predictions that overlap no GT box (marks the last GT as used).
+_C.TEST.UNMATCHED_QUIRK = True
+
+_C.OUTPUT_DIR = "./output"
+_C.SEED = 0

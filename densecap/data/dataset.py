@@ -1,0 +1,119 @@
+"""Training/evaluation dataset over a prepared split, and its collate function.
+
+Each item is a dict (detectron2 style)::
+
+    image        uint8 (3, H', W')  RGB, longest side resized to INPUT.MAX_SIZE
+    image_id     int
+    file_name    str
+    height,width int               original image size (pixels)
+    scale        float             H'/height (the same factor on both axes)
+    instances    Instances((H', W'),
+                   gt_boxes    float32 (R, 4)  xyxy in the *resized* frame
+                   gt_captions int64   (R, T)  token ids, 0-padded, no START/END)
+
+An unreadable image is logged with its path and the item is ``None``; :func:`collate` drops it,
+so one bad file never stops an epoch.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from densecap.structures import Instances, xywh_to_xyxy
+
+from .image_io import ImageReadError, read_image, resize_longest_side
+from .prepared import PreparedSplit, load_split, load_vocab
+from .tokenizer import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+
+class DenseCapDataset(Dataset):
+    def __init__(
+        self,
+        prepared_dir: str,
+        split: str,
+        *,
+        max_size: int = 720,
+        flip: bool = False,
+        max_images: int = 0,
+        vocab: Optional[Vocabulary] = None,
+    ) -> None:
+        self.data: PreparedSplit = load_split(prepared_dir, split)
+        self.vocab = vocab if vocab is not None else load_vocab(prepared_dir)
+        self.max_size = int(max_size)
+        self.flip = bool(flip)
+        self.num_images = len(self.data) if max_images <= 0 else min(max_images, len(self.data))
+        # token ids swapped by a horizontal flip
+        self._swap = {}
+        l_id = self.vocab.token_to_idx.get("left")
+        r_id = self.vocab.token_to_idx.get("right")
+        if l_id is not None and r_id is not None:
+            self._swap = {l_id: r_id, r_id: l_id}
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def gt_captions_str(self, i: int) -> List[str]:
+        return self.data.caption_strings(i, self.vocab)
+
+    def gt_boxes_xywh(self, i: int) -> np.ndarray:
+        return self.data.boxes[self.data.regions(i)].astype(np.float64)
+
+    def flip_captions(self, captions: torch.Tensor) -> torch.Tensor:
+        out = captions.clone()
+        for a, b in self._swap.items():
+            out[captions == a] = b
+        return out
+
+    def __getitem__(self, i: int) -> Optional[Dict]:
+        d = self.data
+        path = d.path(i)
+        try:
+            img = read_image(path)
+        except ImageReadError as e:
+            logger.warning("skipping unreadable image: %s", e)
+            return None
+        h0, w0 = int(d.heights[i]), int(d.widths[i])
+        sl = d.regions(i)
+        boxes = d.boxes[sl].astype(np.float32).copy()
+        if img.shape[0] != h0 or img.shape[1] != w0:
+            # recorded size disagrees with the file: trust the pixels, rescale the boxes
+            sx, sy = img.shape[1] / max(w0, 1), img.shape[0] / max(h0, 1)
+            boxes[:, [0, 2]] *= sx
+            boxes[:, [1, 3]] *= sy
+            h0, w0 = img.shape[:2]
+        img, scale = resize_longest_side(img, self.max_size)
+        hs, ws = img.shape[:2]
+        boxes_xyxy = xywh_to_xyxy(boxes) * scale
+        captions = torch.from_numpy(d.captions[sl].astype(np.int64))
+        if self.flip and torch.rand(()) < 0.5:
+            img = img[:, ::-1]
+            x1 = ws - boxes_xyxy[:, 2]
+            x2 = ws - boxes_xyxy[:, 0]
+            boxes_xyxy[:, 0], boxes_xyxy[:, 2] = x1, x2
+            captions = self.flip_captions(captions)
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        inst = Instances(
+            (hs, ws),
+            gt_boxes=torch.from_numpy(np.ascontiguousarray(boxes_xyxy, dtype=np.float32)).reshape(-1, 4),
+            gt_captions=captions,
+        )
+        return {
+            "image": image,
+            "image_id": int(d.image_ids[i]),
+            "file_name": path,
+            "height": h0,
+            "width": w0,
+            "scale": float(scale),
+            "instances": inst,
+        }
+
+
+def collate(batch: List[Optional[Dict]]) -> List[Dict]:
+    """Keep the list of dicts; drop items whose image could not be read."""
+    return [b for b in batch if b is not None]

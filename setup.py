@@ -1,0 +1,29 @@
+"""densecap: dense captioning (FCLN), whole-image captioning and region retrieval in PyTorch."""
+from setuptools import find_packages, setup
+
+setup(
+    name="densecap",
+    version="0.1.0",
+    description="Dense captioning (FCLN), image captioning (NIC, Show-Attend-Tell) and region retrieval",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["densecap", "densecap.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "fvcore>=0.1.5",
+        "pycocotools>=2.0.7",
+        "pycocoevalcap>=1.2",
+        "opencv-python>=4.8",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "pillow>=9.0",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "psutil>=5.9"],
+    },
+)
