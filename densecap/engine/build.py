@@ -1,0 +1,179 @@
+"""Builders the trainer uses: datasets and loaders, optimizer, LR schedule."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator, List
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler
+
+from densecap.data.catalog import DatasetCatalog
+from densecap.data.dataset import DenseCapDataset, collate
+from densecap.data.prepared import load_vocab
+from densecap.data.tokenizer import Vocabulary
+from densecap.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_dataset(cfg, name: str):
+    return DatasetCatalog.resolve(name, cfg.DATASETS.ROOT)
+
+
+def load_train_vocab(cfg) -> Vocabulary:
+    """The vocabulary of the (first) training dataset's prepared directory."""
+    prepared_dir, _ = resolve_dataset(cfg, cfg.DATASETS.TRAIN[0])
+    return load_vocab(prepared_dir)
+
+
+def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_images: int = 0) -> DenseCapDataset:
+    prepared_dir, split = resolve_dataset(cfg, name)
+    return DenseCapDataset(
+        prepared_dir,
+        split,
+        max_size=cfg.INPUT.MAX_SIZE,
+        flip=bool(cfg.INPUT.RANDOM_FLIP) and is_train,
+        max_images=max_images,
+        vocab=vocab,
+    )
+
+
+def build_train_loader(cfg, vocab: Vocabulary) -> "InfiniteLoader":
+    datasets = [build_dataset(cfg, n, is_train=True, vocab=vocab) for n in cfg.DATASETS.TRAIN]
+    for n, d in zip(cfg.DATASETS.TRAIN, datasets):
+        if d.vocab != vocab:
+            raise ValueError(f"dataset {n} was prepared with a different vocabulary than {cfg.DATASETS.TRAIN[0]}")
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    if len(dataset) == 0:
+        raise ValueError(f"training datasets {cfg.DATASETS.TRAIN} are empty")
+    world = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world != 0:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
+    return InfiniteLoader(
+        dataset,
+        batch_size=cfg.SOLVER.IMS_PER_BATCH // world,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        seed=cfg.SEED,
+    )
+
+
+class InfiniteLoader:
+    """Endless batches; epoch ``e`` is shuffled with seed ``seed + e`` on every rank."""
+
+    def __init__(self, dataset, *, batch_size: int, num_workers: int, seed: int) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.epoch = 0
+
+    def _loader(self) -> DataLoader:
+        if comm.get_world_size() > 1:
+            sampler = DistributedSampler(self.dataset, shuffle=True, seed=self.seed, drop_last=True)
+            sampler.set_epoch(self.epoch)
+        else:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            sampler = RandomSampler(self.dataset, generator=g)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=True,
+            persistent_workers=False,
+        )
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        while True:
+            for batch in self._loader():
+                yield batch
+            self.epoch += 1
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    base_lr = cfg.SOLVER.BASE_LR
+    backbone, other = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (backbone if name.startswith("backbone.") else other).append(p)
+    groups = [{"params": other, "lr": base_lr}]
+    if backbone and cfg.SOLVER.BACKBONE_LR_FACTOR > 0:
+        groups.append({"params": backbone, "lr": base_lr * cfg.SOLVER.BACKBONE_LR_FACTOR})
+    elif backbone:
+        for p in backbone:
+            p.requires_grad_(False)
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    wd = cfg.SOLVER.WEIGHT_DECAY
+    if name == "ADAM":
+        return torch.optim.Adam(groups, lr=base_lr, betas=tuple(cfg.SOLVER.BETAS), weight_decay=wd)
+    if name == "ADAMW":
+        return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(cfg.SOLVER.BETAS), weight_decay=wd)
+    if name == "SGD":
+        return torch.optim.SGD(groups, lr=base_lr, momentum=cfg.SOLVER.MOMENTUM, weight_decay=wd)
+    raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer '{cfg.SOLVER.OPTIMIZER}' (ADAM, ADAMW, SGD)")
+
+
+class LRScheduler:
+    """Warmup followed by a constant, step or cosine schedule.
+
+    Progress is ``iteration / SOLVER.MAX_ITER``; with ``SOLVER.MAX_TIME_SECONDS`` set it is the
+    larger of that and ``elapsed / MAX_TIME_SECONDS``, so a time-limited run still anneals fully.
+    Step milestones (``SOLVER.STEPS``) are iterations, scaled the same way. Call :meth:`step`
+    with the iteration and elapsed training seconds; its state is those two numbers.
+    """
+
+    def __init__(self, cfg, optimizer: torch.optim.Optimizer) -> None:
+        self.s = cfg.SOLVER
+        self.optimizer = optimizer
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.step(0, 0.0)
+
+    def progress(self) -> float:
+        p = self.iteration / max(1, self.s.MAX_ITER)
+        if self.s.MAX_TIME_SECONDS > 0:
+            p = max(p, self.elapsed / self.s.MAX_TIME_SECONDS)
+        return min(p, 1.0)
+
+    def factor(self) -> float:
+        s = self.s
+        warm = 1.0
+        if s.WARMUP_ITERS > 0 and self.iteration < s.WARMUP_ITERS:
+            a = self.iteration / s.WARMUP_ITERS
+            warm = s.WARMUP_FACTOR * (1 - a) + a
+        name = s.LR_SCHEDULER_NAME.lower()
+        p = self.progress()
+        if name == "constant":
+            sched = 1.0
+        elif name == "step":
+            sched = s.GAMMA ** sum(1 for step in s.STEPS if p >= step / max(1, s.MAX_ITER))
+        elif name == "cosine":
+            sched = 0.5 * (1 + math.cos(math.pi * p))
+        else:
+            raise ValueError(f"SOLVER.LR_SCHEDULER_NAME: unknown schedule '{s.LR_SCHEDULER_NAME}'")
+        return warm * sched
+
+    def step(self, iteration: int, elapsed: float) -> None:
+        self.iteration, self.elapsed = int(iteration), float(elapsed)
+        f = self.factor()
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+
+    def get_last_lr(self) -> List[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "elapsed": self.elapsed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step(state["iteration"], state["elapsed"])
+
+
+def build_lr_scheduler(cfg, optimizer) -> LRScheduler:
+    return LRScheduler(cfg, optimizer)
