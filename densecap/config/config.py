@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional, Sequence
 
 from .defaults import CfgNode, _C
@@ -20,10 +21,24 @@ def load_config(config_file: Optional[str] = None, opts: Optional[Sequence[str]]
     """
     cfg = get_cfg()
     if config_file:
-        cfg.merge_from_file(config_file, allow_unsafe=False)
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"{config_file}: config file not found")
+        try:
+            cfg.merge_from_file(config_file, allow_unsafe=False)
+        except (KeyError, AssertionError) as e:
+            raise KeyError(f"{config_file}: {_msg(e)}") from None
     if opts:
         opts = list(opts)
         if len(opts) % 2 != 0:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        cfg.merge_from_list(opts)
+        try:
+            cfg.merge_from_list(opts)
+        except (KeyError, AssertionError) as e:
+            raise KeyError(f"command-line override: {_msg(e)}") from None
     return cfg
+
+
+def _msg(e: BaseException) -> str:
+    text = e.args[0] if e.args else str(e)
+    return str(text).replace("Non-existent key", "unknown config key").replace(
+        "Non-existent config key", "unknown config key")

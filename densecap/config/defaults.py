@@ -40,6 +40,8 @@ _C.MODEL.BACKBONE.FREEZE_AT = 2
 _C.MODEL.BACKBONE.NORM = ""
 # Width of the small CPU backbone (small_cnn only).
 _C.MODEL.BACKBONE.WIDTH = 64
+# Output stride of the small CPU backbone (small_cnn only): 8 (dilated context layers) or 16.
+_C.MODEL.BACKBONE.STRIDE = 16
 
 _C.MODEL.FPN = CfgNode()
 _C.MODEL.FPN.OUT_CHANNELS = 256
@@ -105,6 +107,81 @@ _C.MODEL.CAPTION.LOSS_WEIGHT = 1.0
 # Optional GloVe/word2vec text file to initialise word embeddings from.
 _C.MODEL.CAPTION.WORD_VECTORS = ""
 
+# Whole-image caption head (densecap/modeling/image_caption): Show and Tell (NIC) and Show,
+# Attend and Tell (soft / hard attention). Used by the standalone "ImageCaptioner"
+# meta-architecture, and jointly with DenseCap when ENABLED. The word embedding is initialised
+# from MODEL.CAPTION.WORD_VECTORS when that is set (the same loader as the region LSTM).
+_C.MODEL.IMAGE_CAPTION = CfgNode()
+# Add the whole-image caption head to the DenseCap model (joint training on the same backbone).
+_C.MODEL.IMAGE_CAPTION.ENABLED = False
+# registry IMAGE_CAPTION_HEAD_REGISTRY: "nic" (Show and Tell), "sat_soft", "sat_hard" (Show, Attend and Tell)
+_C.MODEL.IMAGE_CAPTION.HEAD = "sat_soft"
+_C.MODEL.IMAGE_CAPTION.EMBED_SIZE = 512
+_C.MODEL.IMAGE_CAPTION.HIDDEN_SIZE = 512
+# Hidden size of the additive attention MLP (SAT only).
+_C.MODEL.IMAGE_CAPTION.ATTENTION_SIZE = 512
+# Dropout on the LSTM input and output (im2txt: keep probability 0.7 -> 0.3).
+_C.MODEL.IMAGE_CAPTION.DROPOUT = 0.3
+# lambda of the doubly stochastic regularisation sum_i (1 - sum_t alpha_ti)^2 (SAT; 0 = off).
+_C.MODEL.IMAGE_CAPTION.DOUBLY_STOCHASTIC_WEIGHT = 1.0
+# Hard attention: weight of the attention entropy bonus, decay of the moving-average REINFORCE
+# baseline, and the probability (per image) of using the expected context instead of a sample
+# (Xu et al. sec. 4.1 use 0.5). At test time hard attention uses the expected context.
+_C.MODEL.IMAGE_CAPTION.ENTROPY_WEIGHT = 0.01
+_C.MODEL.IMAGE_CAPTION.BASELINE_DECAY = 0.9
+_C.MODEL.IMAGE_CAPTION.HARD_EXPECTATION_PROB = 0.5
+# Multiplier of all image-caption losses (joint training).
+_C.MODEL.IMAGE_CAPTION.LOSS_WEIGHT = 1.0
+# Longest generated caption in words; longer training captions are truncated.
+_C.MODEL.IMAGE_CAPTION.MAX_TOKENS = 20
+# Decoding: beam size (1 = greedy), length penalty alpha (score = logprob / len^alpha),
+# forbid repeating a word (no repeated-word loops), captions returned per image.
+_C.MODEL.IMAGE_CAPTION.BEAM_SIZE = 3
+_C.MODEL.IMAGE_CAPTION.LENGTH_PENALTY = 0.0
+_C.MODEL.IMAGE_CAPTION.BLOCK_REPEATS = False
+_C.MODEL.IMAGE_CAPTION.NUM_CAPTIONS = 1
+# Side of the feature grid the attention looks at (adaptive average pooling; 0 = the backbone's
+# own grid). NIC pools the grid to one vector regardless.
+_C.MODEL.IMAGE_CAPTION.FEATURE_POOL_SIZE = 0
+# Standalone captioner: words seen at least this many times in the training captions form the
+# vocabulary (im2txt: 4; the synthetic configs use 1).
+_C.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT = 4
+# Standalone captioner training: "sample" one of an image's K captions per step, or "all" K.
+_C.MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS = "sample"
+
+# Joint region-sentence embedding for region retrieval (densecap/retrieval/embedding.py; Karpathy
+# & Fei-Fei's alignment model): a bidirectional RNN over word embeddings for sentences, a linear
+# map of region codes, both L2-normalised; trained on the positives' (region code, GT caption)
+# pairs with the bidirectional max-margin ranking loss. Used by "tools/retrieve.py query --mode fast"
+# (candidate stage) and by --query-image / tools/cluster.py.
+_C.MODEL.EMBEDDING = CfgNode()
+# Add the embedding head to the DenseCap model (model.embedding_head; loss "loss_embed").
+_C.MODEL.EMBEDDING.ENABLED = False
+# Size of the joint space.
+_C.MODEL.EMBEDDING.DIM = 256
+# Word-embedding size and hidden size (per direction) of the bidirectional sentence RNN.
+_C.MODEL.EMBEDDING.WORD_SIZE = 256
+_C.MODEL.EMBEDDING.HIDDEN_SIZE = 256
+# Sentence RNN cell: "gru" or "lstm".
+_C.MODEL.EMBEDDING.RNN = "gru"
+# Ranking-loss margin on cosine scores. Karpathy & Fei-Fei use 1 on unnormalised dot products;
+# with L2-normalised embeddings every score lies in [-1, 1], where a margin of 1 (half the range)
+# keeps almost every negative active for ever; 0.2 is the value used for normalised joint
+# embeddings since Kiros et al. / VSE++ and works on the synthetic set.
+_C.MODEL.EMBEDDING.MARGIN = 0.2
+# Multiplier of loss_embed (the loss is the per-pair mean of the hinge sums).
+_C.MODEL.EMBEDDING.LOSS_WEIGHT = 1.0
+# Train the head on detached region codes, so the ranking loss can never change the detector or
+# the captioner (set False to let it shape the region codes too).
+_C.MODEL.EMBEDDING.DETACH_REGION_CODES = True
+# At most this many (region, caption) pairs (a random subset) enter one score matrix (0 = all).
+_C.MODEL.EMBEDDING.MAX_PAIRS = 256
+
+# Train only the parameters whose names start with one of these prefixes (e.g. ["embedding_head"]
+# to train the retrieval embedding on a frozen DenseCap model loaded from MODEL.WEIGHTS); empty =
+# train everything as usual. Everything else gets requires_grad False (build_optimizer).
+_C.MODEL.TRAIN_ONLY = []
+
 # --------------------------------------------------------------------------------------------
 # INPUT
 # --------------------------------------------------------------------------------------------
@@ -123,6 +200,14 @@ _C.DATASETS.TRAIN = ("vg_train",)
 _C.DATASETS.TEST = ("vg_val",)
 # Root for catalog names: vg_* -> ROOT/vg/prepared, synthetic_* -> ROOT/synthetic/prepared.
 _C.DATASETS.ROOT = "datasets"
+# Whole-image caption datasets (ImageCaptioner) are named in DATASETS.TRAIN / TEST as
+#   "captions:PATH.json:SPLIT"      Karpathy-split JSON (dataset_coco.json, Flickr8k/30k, the
+#                                   synthetic captions.json); SPLIT train (also takes "restval"),
+#                                   val or test
+#   "coco_captions:PATH.json"       a COCO captions annotation file (captions_val2014.json)
+# Image paths are relative to CAPTIONS_IMAGE_ROOT; empty = the directory holding the JSON
+# (COCO annotation files: the JSON's ../<train2014|val2014> when that exists).
+_C.DATASETS.CAPTIONS_IMAGE_ROOT = ""
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 2
@@ -162,11 +247,15 @@ _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 10000
 # Images used for periodic evaluation (the original: 1000 val images); 0 = all.
 _C.TEST.MAX_IMAGES = 1000
+# Images per forward pass at test time.
+_C.TEST.IMS_PER_BATCH = 4
 # Keep at most this many boxes per image after the final NMS (0 = all, as the original).
 _C.TEST.DETECTIONS_PER_IMAGE = 0
 # Drop boxes whose score (sigmoid of objectness) is below this.
 _C.TEST.SCORE_THRESH = 0.0
 _C.TEST.BEAM_SIZE = 1
+# Region captions: beam-search length normalisation, score = logprob / length**alpha (0 = off).
+_C.TEST.LENGTH_ALPHA = 0.0
 # Original's behaviour for predictions that overlap no GT box (marks the last GT as used).
 _C.TEST.UNMATCHED_QUIRK = True
 

@@ -23,6 +23,11 @@ def resolve_dataset(cfg, name: str):
 
 def load_train_vocab(cfg) -> Vocabulary:
     """The vocabulary of the (first) training dataset's prepared directory."""
+    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
+        import densecap.modeling.image_captioner  # noqa: F401  (registers the meta-architecture)
+        from densecap.data.captions import load_caption_train_vocab
+
+        return load_caption_train_vocab(cfg)
     prepared_dir, _ = resolve_dataset(cfg, cfg.DATASETS.TRAIN[0])
     return load_vocab(prepared_dir)
 
@@ -40,6 +45,10 @@ def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_imag
 
 
 def build_train_loader(cfg, vocab: Vocabulary) -> "InfiniteLoader":
+    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
+        from densecap.data.captions import build_caption_train_loader
+
+        return build_caption_train_loader(cfg, vocab)
     datasets = [build_dataset(cfg, n, is_train=True, vocab=vocab) for n in cfg.DATASETS.TRAIN]
     for n, d in zip(cfg.DATASETS.TRAIN, datasets):
         if d.vocab != vocab:
@@ -93,8 +102,26 @@ class InfiniteLoader:
             self.epoch += 1
 
 
+def freeze_all_but(model: torch.nn.Module, prefixes) -> int:
+    """``MODEL.TRAIN_ONLY``: keep ``requires_grad`` only on parameters whose names start with one of
+    ``prefixes``; returns how many parameters stay trainable (an error if none does)."""
+    prefixes = tuple(str(p) for p in prefixes)
+    n = 0
+    for name, p in model.named_parameters():
+        keep = name.startswith(prefixes)
+        p.requires_grad_(keep and p.requires_grad)
+        n += int(p.requires_grad)
+    if n == 0:
+        names = sorted({k.split(".")[0] for k, _ in model.named_parameters()})
+        raise ValueError(f"MODEL.TRAIN_ONLY {list(prefixes)} matches no trainable parameter; top-level modules: {names}")
+    logger.info("MODEL.TRAIN_ONLY %s: %d parameter tensors trainable, the rest frozen", list(prefixes), n)
+    return n
+
+
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     base_lr = cfg.SOLVER.BASE_LR
+    if len(cfg.MODEL.TRAIN_ONLY):
+        freeze_all_but(model, cfg.MODEL.TRAIN_ONLY)
     backbone, other = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -1,0 +1,81 @@
+"""Evaluate a model on ``DATASETS.TEST[0]``: one function for periodic, --eval-only and demo use.
+
+Images are sharded over DDP ranks; the evaluator gathers them. Returns the metrics dict on every
+rank (``map``, ``detmap``, every AP, plus caption-accuracy figures for region captions).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from densecap.data.dataset import collate
+from densecap.data.tokenizer import Vocabulary
+from densecap.utils import comm
+
+from .build import build_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_model(cfg, model: torch.nn.Module, vocab: Vocabulary) -> Optional[dict]:
+    if not cfg.DATASETS.TEST:
+        return None
+    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions: BLEU/METEOR/ROUGE-L/CIDEr
+        from densecap.modeling.image_caption.evaluate import evaluate_image_captioner
+
+        return evaluate_image_captioner(cfg, model, vocab)
+    return evaluate_dense(cfg, model, vocab)
+
+
+@torch.no_grad()
+def run_inference(cfg, model: torch.nn.Module, dataset, evaluators, desc: str = "eval") -> None:
+    """Run ``model`` over this rank's share of ``dataset``; feed every evaluator."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(
+        shard,
+        batch_size=max(1, cfg.TEST.IMS_PER_BATCH),
+        shuffle=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=collate,
+    )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for batch in tqdm(loader, desc=desc, disable=not comm.is_main_process(), dynamic_ncols=True, mininterval=2.0):
+        if not batch:
+            continue
+        for b in batch:
+            b["image"] = b["image"].to(device)
+        outputs = model(batch)
+        outputs = [{k: (v.to("cpu") if hasattr(v, "to") else v) for k, v in o.items()} for o in outputs]
+        for ev in evaluators:
+            ev.process(batch, outputs)
+    model.train(was_training)
+
+
+def evaluate_dense(cfg, model: torch.nn.Module, vocab: Vocabulary) -> dict:
+    from densecap.evaluation.densecap_eval import DenseCapEvaluator
+    from densecap.evaluation.region_accuracy import RegionCaptionAccuracy
+
+    name = cfg.DATASETS.TEST[0]
+    dataset = build_dataset(cfg, name, is_train=False, vocab=vocab, max_images=cfg.TEST.MAX_IMAGES)
+    evaluator = DenseCapEvaluator.from_config(cfg, dataset=dataset, vocab=vocab)
+    accuracy = RegionCaptionAccuracy(dataset=dataset)
+    t0 = time.perf_counter()
+    run_inference(cfg, model, dataset, [evaluator, accuracy], desc=f"eval {name}")
+    t1 = time.perf_counter()
+    results = evaluator.evaluate()
+    results["caption_accuracy"] = accuracy.evaluate()
+    results["dataset"] = name
+    results["num_images"] = len(dataset)
+    results["seconds_inference"] = round(t1 - t0, 2)
+    results["seconds_metric"] = round(time.perf_counter() - t1, 2)
+    if comm.is_main_process():
+        logger.info("%s: mAP %.2f, detection mAP %.2f (%d images)", name, results["map"], results["detmap"], len(dataset))
+    return results

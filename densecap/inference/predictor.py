@@ -1,0 +1,432 @@
+"""``DenseCapPredictor``: images in, dense captions out (boxes in original-image pixels).
+
+N: regions of one image, D: region code size, T: caption tokens, M: given boxes.
+
+The predictor wraps a model that honours the eval contract of ``densecap.modeling`` (see
+``/work/notes/common.md`` or ``densecap/modeling``): it reads images with the project's one loader
+(``densecap.data.image_io.read_image``: EXIF rotation applied, every pixel mode converted), resizes
+them with ``resize_longest_side`` to ``image_size``, builds the model's ``batched_inputs``, runs the
+model in batches and returns one :class:`Prediction` per image.
+
+Frames. All boxes the predictor takes (``given_boxes``) and returns are ``[x, y, w, h]`` in pixels
+of the image *as displayed*, i.e. after its EXIF orientation is applied: for a phone photo stored
+sideways with an EXIF "rotate 90" tag, ``width``/``height`` are those of the upright picture and
+the boxes land on its pixels. This is the frame every image viewer (and the HTML viewer written
+by ``tools/infer.py``) shows.
+
+Batching. ``predict`` runs images whose resized shapes are equal in one forward pass and images of
+different shapes in separate passes, so no image is ever zero-padded to another's size: the
+results of any batch size equal those of batch size 1 (up to float rounding of batched kernels).
+
+Typical use (this is the API region retrieval reuses to index collections)::
+
+    predictor = DenseCapPredictor.from_checkpoint("model_final.pth", image_size=720, device="cpu")
+    preds = predictor.predict_paths(["a.jpg", "b.png"])         # Prediction or ImageReadError each
+    p = predictor(image_rgb_uint8)                               # one HxWx3 array
+    p = predictor(image, given_boxes=[[10, 20, 50, 40]])         # caption these boxes only
+    p.boxes, p.scores, p.captions, p.caption_logprobs, p.region_codes
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from densecap.data.image_io import ImageReadError, read_image, resize_longest_side
+from densecap.structures.boxes import clip_xyxy, xywh_to_xyxy, xyxy_to_xywh
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Union[np.ndarray, str, "os.PathLike[str]"]
+
+
+class ImageCaptionUnavailable(ValueError):
+    """``--image-caption`` was asked for but the model has no whole-image caption head."""
+
+
+@dataclass
+class Prediction:
+    """Dense captions of one image.
+
+    height, width     int                the image's size as displayed (EXIF applied), pixels
+    boxes             (N, 4)             [x, y, w, h] in those pixels, descending score; float32 from
+                                         the model, or float64 holding the given boxes exactly
+    scores            float32 (N,)       sigmoid of objectness, in [0, 1]
+    captions          list[str] (N)      words joined by spaces
+    caption_logprobs  float32 (N,)       log-probability of each caption under the language model
+    caption_tokens    int64 (N, T)       token ids (0-padded), or None
+    region_codes      float32 (N, D)     the recognition network's region codes, or None
+    given_boxes       bool               True when ``boxes`` are the caller's boxes (RPN skipped)
+    image_caption     str or None        whole-image caption (image-caption head; hook for issue 6)
+    image_caption_logprob  float or None
+    image_captions    list of (str, float) or None: top-N whole-image captions
+    """
+
+    height: int
+    width: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    captions: List[str]
+    caption_logprobs: np.ndarray
+    caption_tokens: Optional[np.ndarray] = None
+    region_codes: Optional[np.ndarray] = None
+    given_boxes: bool = False
+    image_caption: Optional[str] = None
+    image_caption_logprob: Optional[float] = None
+    image_captions: Optional[List[Tuple[str, float]]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+# ------------------------------------------------------------------------------------------
+# test-time options
+# ------------------------------------------------------------------------------------------
+# predictor option -> config key (the model reads these keys when it is built)
+OPTION_KEYS = {
+    "image_size": "INPUT.MAX_SIZE",
+    "rpn_nms": "MODEL.RPN.NMS_THRESH",
+    "final_nms": "MODEL.ROI.NMS_THRESH_TEST",
+    "num_proposals": "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "beam_size": "TEST.BEAM_SIZE",
+    "score_thresh": "TEST.SCORE_THRESH",
+    "max_detections": "TEST.DETECTIONS_PER_IMAGE",
+    "device": "MODEL.DEVICE",
+}
+
+
+def options_to_opts(**options: Any) -> List[Any]:
+    """``KEY VALUE`` config overrides for the options that are not None."""
+    unknown = set(options) - set(OPTION_KEYS)
+    if unknown:
+        raise TypeError(f"unknown predictor option(s): {sorted(unknown)}")
+    _validate_options(options)
+    opts: List[Any] = []
+    for name, key in OPTION_KEYS.items():
+        v = options.get(name)
+        if v is not None:
+            opts += [key, v]
+    return opts
+
+
+def _validate_options(o: Dict[str, Any]) -> None:
+    def check(name, ok, what):
+        v = o.get(name)
+        if v is not None and not ok(v):
+            raise ValueError(f"{name} must be {what}, got {v!r}")
+
+    check("image_size", lambda v: int(v) >= 16, "an integer >= 16")
+    check("rpn_nms", lambda v: 0 < float(v) <= 1, "in (0, 1]")
+    check("final_nms", lambda v: 0 < float(v) <= 1, "in (0, 1]")
+    check("num_proposals", lambda v: int(v) >= 1, "an integer >= 1")
+    check("beam_size", lambda v: int(v) >= 1, "an integer >= 1")
+    check("score_thresh", lambda v: 0 <= float(v) <= 1, "in [0, 1]")
+    check("max_detections", lambda v: int(v) >= 0, "an integer >= 0")
+    check("device", lambda v: str(v).split(":")[0] in ("cpu", "cuda"), "cpu or cuda")
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    device = device or "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but CUDA is not available on this machine (use --device cpu)")
+    return torch.device(device)
+
+
+def model_has_image_caption(model: torch.nn.Module) -> bool:
+    """Whether ``model`` can caption whole images (it has an image-caption head)."""
+    return getattr(model, "image_caption_head", None) is not None or bool(getattr(model, "has_image_caption", False))
+
+
+def apply_eval_options(model: torch.nn.Module, cfg) -> None:
+    """Push the test-time config values onto a model that is already built (attributes the model
+    exposes for this: ``beam_size``, ``score_thresh``, ``detections_per_image``, and the RPN's and
+    ROI heads' NMS/proposal settings). Attributes the model does not have are left alone."""
+
+    def setattr_if(obj, name, value):
+        if obj is not None and hasattr(obj, name):
+            setattr(obj, name, value)
+
+    setattr_if(model, "beam_size", int(cfg.TEST.BEAM_SIZE))
+    setattr_if(model, "score_thresh", float(cfg.TEST.SCORE_THRESH))
+    setattr_if(model, "detections_per_image", int(cfg.TEST.DETECTIONS_PER_IMAGE))
+    rpn = getattr(model, "rpn", None) or getattr(model, "proposal_generator", None)
+    setattr_if(rpn, "nms_thresh", float(cfg.MODEL.RPN.NMS_THRESH))
+    setattr_if(rpn, "post_nms_topk_test", int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST))
+    roi = getattr(model, "roi_heads", None)
+    setattr_if(roi, "nms_thresh", float(cfg.MODEL.ROI.NMS_THRESH_TEST))
+    setattr_if(roi, "score_thresh", float(cfg.TEST.SCORE_THRESH))
+    setattr_if(roi, "detections_per_image", int(cfg.TEST.DETECTIONS_PER_IMAGE))
+
+
+def as_given_boxes(boxes: Any) -> np.ndarray:
+    """Validate user boxes ``[[x, y, w, h], ...]`` -> float64 (M, 4). Raises ValueError saying why."""
+    arr = np.asarray(boxes if len(boxes) else np.zeros((0, 4)), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must be a list of [x, y, w, h], got shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("boxes contain NaN or infinite values")
+    bad = np.nonzero((arr[:, 2] <= 0) | (arr[:, 3] <= 0))[0]
+    if len(bad):
+        raise ValueError(f"box {int(bad[0])} {arr[bad[0]].tolist()} has zero or negative width/height")
+    return arr
+
+
+# ------------------------------------------------------------------------------------------
+# the predictor
+# ------------------------------------------------------------------------------------------
+class DenseCapPredictor:
+    """Runs a dense captioning model on images; see the module docstring."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        cfg=None,
+        image_size: int = 720,
+        device: Optional[str] = None,
+        score_thresh: float = 0.0,
+        image_caption: bool = False,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.image_size = int(image_size)
+        if device is None:
+            try:
+                self.device = next(model.parameters()).device
+            except StopIteration:
+                self.device = torch.device("cpu")
+        else:
+            self.device = resolve_device(device)
+            model.to(self.device)
+        self.score_thresh = float(score_thresh)
+        self.image_caption = bool(image_caption)
+        if self.image_caption and not model_has_image_caption(model):
+            raise ImageCaptionUnavailable(
+                "--image-caption: this model has no whole-image caption head; use a checkpoint trained "
+                "with one (an image-caption config) or drop the option"
+            )
+        model.eval()
+
+    @classmethod
+    def from_config(cls, cfg, model: torch.nn.Module, *, image_caption: bool = False) -> "DenseCapPredictor":
+        return cls(
+            model,
+            cfg=cfg,
+            image_size=int(cfg.INPUT.MAX_SIZE),
+            device=str(cfg.MODEL.DEVICE),
+            score_thresh=float(cfg.TEST.SCORE_THRESH),
+            image_caption=image_caption,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        weights: str,
+        *,
+        config_file: Optional[str] = None,
+        opts: Sequence[Any] = (),
+        image_caption: bool = False,
+        **options: Any,
+    ) -> "DenseCapPredictor":
+        """Load a checkpoint (it carries its config and vocabulary).
+
+        Config order: the checkpoint's config, then ``config_file`` (optional), then ``opts``
+        (``KEY VALUE ...``), then the keyword options: ``image_size``, ``rpn_nms``, ``final_nms``,
+        ``num_proposals``, ``beam_size``, ``score_thresh``, ``max_detections``, ``device``
+        (None = keep the config's value).
+        """
+        from densecap.config import load_config
+        from densecap.engine.checkpoint import build_model_from_checkpoint
+
+        device = options.get("device")
+        if device is not None:
+            resolve_device(device)  # fail before loading anything
+        cfg = load_config(config_file, None) if config_file else None
+        all_opts = list(opts or ()) + options_to_opts(**options)
+        model, cfg = build_model_from_checkpoint(weights, cfg, all_opts)
+        apply_eval_options(model, cfg)
+        return cls.from_config(cfg, model, image_caption=image_caption)
+
+    @property
+    def vocab(self):
+        return getattr(self.model, "vocab", None)
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def prepare(
+        self,
+        image: np.ndarray,
+        *,
+        given_boxes: Optional[Any] = None,
+        image_id: Any = None,
+        file_name: str = "",
+    ) -> Dict[str, Any]:
+        """One entry of the model's ``batched_inputs`` for an RGB uint8 image (H, W, 3)."""
+        image = _check_image(image)
+        h0, w0 = image.shape[:2]
+        resized, scale = resize_longest_side(image, self.image_size)
+        inp: Dict[str, Any] = {
+            "image": torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).contiguous(),  # 3 H' W'
+            "height": int(h0),
+            "width": int(w0),
+            "scale": float(scale),
+            "image_id": image_id,
+            "file_name": file_name,
+        }
+        if given_boxes is not None:
+            inp["given_boxes"] = torch.from_numpy(as_given_boxes(given_boxes).astype(np.float32)).reshape(-1, 4)  # M 4
+        return inp
+
+    # ---- running ---------------------------------------------------------------------------
+    def __call__(self, image: ImageLike, given_boxes: Optional[Any] = None) -> Prediction:
+        if not isinstance(image, np.ndarray):
+            image = read_image(os.fspath(image))
+        return self.predict([image], None if given_boxes is None else [given_boxes])[0]
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        given_boxes: Optional[Sequence[Optional[Any]]] = None,
+        *,
+        image_ids: Optional[Sequence[Any]] = None,
+        file_names: Optional[Sequence[str]] = None,
+    ) -> List[Prediction]:
+        """Dense captions for RGB uint8 images (H, W, 3), in one or more forward passes.
+
+        ``given_boxes[i]`` (None, or a list/array of [x, y, w, h] in image ``i``'s pixels) makes
+        the model caption exactly those boxes, in that order, instead of detecting.
+        """
+        n = len(images)
+        if n == 0:
+            return []
+        gb = list(given_boxes) if given_boxes is not None else [None] * n
+        if len(gb) != n:
+            raise ValueError(f"{n} images but {len(gb)} given_boxes entries")
+        inputs = [
+            self.prepare(
+                img,
+                given_boxes=gb[i],
+                image_id=None if image_ids is None else image_ids[i],
+                file_name="" if file_names is None else file_names[i],
+            )
+            for i, img in enumerate(images)
+        ]
+        # same resized shape -> one forward pass; never pad one image to another's size
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, inp in enumerate(inputs):
+            groups.setdefault(tuple(inp["image"].shape[1:]), []).append(i)
+        results: List[Optional[Prediction]] = [None] * n
+        for idx in groups.values():
+            outs = self._forward([inputs[i] for i in idx])
+            for i, out in zip(idx, outs):
+                results[i] = self._to_prediction(out, inputs[i], gb[i])
+        return results  # type: ignore[return-value]
+
+    def predict_paths(
+        self, paths: Sequence[str], given_boxes: Optional[Sequence[Optional[Any]]] = None
+    ) -> List[Union[Prediction, ImageReadError]]:
+        """Like :meth:`predict` for image files; an unreadable file gives its ImageReadError in its slot."""
+        gb = list(given_boxes) if given_boxes is not None else [None] * len(paths)
+        images, keep, out = [], [], [None] * len(paths)
+        for i, p in enumerate(paths):
+            try:
+                images.append(read_image(p))
+                keep.append(i)
+            except ImageReadError as e:
+                out[i] = e
+        for i, pred in zip(keep, self.predict(images, [gb[i] for i in keep])):
+            out[i] = pred
+        return out  # type: ignore[return-value]
+
+    def _forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        with torch.inference_mode():
+            outs = self.model(batched_inputs)
+        if not isinstance(outs, (list, tuple)) or len(outs) != len(batched_inputs):
+            raise RuntimeError(
+                f"the model returned {type(outs).__name__} for {len(batched_inputs)} images; the eval "
+                "contract is a list with one dict per image (is the model in eval mode?)"
+            )
+        return list(outs)
+
+    def _to_prediction(self, out: Dict[str, Any], inp: Dict[str, Any], given: Optional[Any]) -> Prediction:
+        inst = out["instances"]
+        h, w = inp["height"], inp["width"]
+        boxes = _np(inst.pred_boxes, np.float32).reshape(-1, 4)  # N 4
+        scores = _np(inst.scores, np.float32).reshape(-1)  # N
+        captions = [str(c) for c in inst.pred_captions]
+        logprobs = _np(inst.pred_caption_logprobs, np.float32).reshape(-1) if inst.has("pred_caption_logprobs") else np.zeros(len(captions), np.float32)
+        tokens = _np(inst.pred_caption_tokens, np.int64) if inst.has("pred_caption_tokens") else None  # N T
+        codes = _np(inst.region_codes, np.float32) if inst.has("region_codes") else None  # N D
+        if codes is not None and codes.ndim == 1:
+            codes = codes.reshape(len(captions), -1)
+        if given is not None:
+            exact = as_given_boxes(given)  # M 4, the caller's numbers
+            if len(boxes) != len(exact):
+                raise RuntimeError(f"the model returned {len(boxes)} boxes for {len(exact)} given boxes")
+            if len(exact) and not np.allclose(boxes, exact.astype(np.float32), rtol=1e-4, atol=1e-2):
+                raise RuntimeError("the model changed or reordered the given boxes (contract: exactly those, in order)")
+            boxes = exact
+        else:
+            if len(boxes):  # resizing rounds the image size: keep detections inside the original image
+                boxes = xyxy_to_xywh(clip_xyxy(xywh_to_xyxy(boxes), h, w)).astype(np.float32)
+        if given is None and self.score_thresh > 0 and len(scores):
+            keep = scores >= self.score_thresh
+            if not keep.all():
+                boxes, scores, logprobs = boxes[keep], scores[keep], logprobs[keep]
+                captions = [c for c, k in zip(captions, keep) if k]
+                tokens = tokens[keep] if tokens is not None else None
+                codes = codes[keep] if codes is not None else None
+        pred = Prediction(
+            height=int(h),
+            width=int(w),
+            boxes=boxes,
+            scores=scores,
+            captions=captions,
+            caption_logprobs=logprobs,
+            caption_tokens=tokens,
+            region_codes=codes,
+            given_boxes=given is not None,
+        )
+        if self.image_caption:
+            _read_image_caption(out, pred)
+        return pred
+
+
+def _read_image_caption(out: Dict[str, Any], pred: Prediction) -> None:
+    """Hook for the whole-image caption head: the model's per-image output dict carries
+    ``image_caption`` (str), ``image_caption_logprob`` (float) and optionally ``image_captions``
+    (top-N list of (caption, logprob))."""
+    cap = out.get("image_caption")
+    if cap is None:
+        raise RuntimeError("--image-caption: the model returned no 'image_caption' for an image")
+    pred.image_caption = str(cap)
+    lp = out.get("image_caption_logprob")
+    pred.image_caption_logprob = None if lp is None else float(lp)
+    top = out.get("image_captions")
+    if top is not None:
+        pred.image_captions = [(str(c), float(l)) for c, l in top]
+
+
+def _np(x: Any, dtype) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu")
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected an RGB uint8 numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    return image

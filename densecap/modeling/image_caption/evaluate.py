@@ -1,0 +1,84 @@
+"""Evaluate a whole-image captioner on ``DATASETS.TEST[0]``: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
+
+Called by ``densecap.engine.evaluation.evaluate_model`` when ``MODEL.META_ARCHITECTURE`` is
+``ImageCaptioner``. Generation runs with the model's decoding options (``MODEL.IMAGE_CAPTION``:
+beam size, length penalty, ...); the metrics are ``densecap.evaluation.caption_eval.caption_metrics``.
+The predictions are also written as a COCO results list to
+``OUTPUT_DIR/image_caption_predictions.json`` (``[{"image_id", "file_name", "caption", "logprob"}]``),
+so that ``tools/evaluate.py --task caption --gt <captions.json> --pred <that file> --split test``
+gives the same numbers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Dict, List
+
+import torch
+
+from densecap.data.tokenizer import Vocabulary
+from densecap.utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageCaptionEvaluator", "evaluate_image_captioner"]
+
+
+class ImageCaptionEvaluator:
+    """Collects (image, generated caption, references) pairs; ``evaluate()`` gathers over ranks."""
+
+    def __init__(self) -> None:
+        self.rows: List[Dict] = []
+
+    def process(self, inputs, outputs) -> None:
+        for inp, out in zip(inputs, outputs):
+            self.rows.append({
+                "image_id": inp.get("image_id"),
+                "file_name": os.path.basename(str(inp.get("file_name", ""))),
+                "caption": out["image_caption"],
+                "logprob": float(out["image_caption_logprob"]),
+                "refs": list(inp["gt_captions"]),
+            })
+
+    def evaluate(self) -> Dict:
+        from densecap.evaluation.caption_eval import caption_metrics
+
+        rows = [r for part in comm.all_gather(self.rows) for r in part]
+        if not rows:
+            raise ValueError("image caption evaluation: no image was captioned")
+        gts = {k: r["refs"] for k, r in enumerate(rows)}
+        res = {k: r["caption"] for k, r in enumerate(rows)}
+        metrics = caption_metrics(gts, res)
+        metrics["num_images"] = len(rows)
+        self.predictions = [{k: r[k] for k in ("image_id", "file_name", "caption", "logprob")} for r in rows]
+        return metrics
+
+
+@torch.no_grad()
+def evaluate_image_captioner(cfg, model: torch.nn.Module, vocab: Vocabulary) -> Dict:
+    from densecap.data.captions import build_caption_dataset
+    from densecap.engine.evaluation import run_inference
+    from densecap.utils.io import atomic_write_json
+
+    name = cfg.DATASETS.TEST[0]
+    dataset = build_caption_dataset(cfg, name, vocab, max_images=cfg.TEST.MAX_IMAGES)
+    evaluator = ImageCaptionEvaluator()
+    t0 = time.perf_counter()
+    run_inference(cfg, model, dataset, [evaluator], desc=f"eval {name}")
+    t1 = time.perf_counter()
+    results = evaluator.evaluate()
+    results["dataset"] = name
+    results["seconds_inference"] = round(t1 - t0, 2)
+    results["seconds_metric"] = round(time.perf_counter() - t1, 2)
+    if comm.is_main_process():
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        path = os.path.join(cfg.OUTPUT_DIR, "image_caption_predictions.json")
+        atomic_write_json(path, evaluator.predictions, indent=1)
+        results["predictions_file"] = path
+        logger.info(
+            "%s: CIDEr %.3f BLEU-4 %.3f METEOR %.3f ROUGE-L %.3f (%d images); e.g. %r",
+            name, results["cider"], results["bleu4"], results["meteor"], results["rougeL"],
+            results["num_images"], evaluator.predictions[0]["caption"],
+        )
+    return results

@@ -1,0 +1,179 @@
+"""``ImageCaptioner``: a standalone whole-image captioner = backbone + image-caption head.
+
+Shapes: B: images, K: captions per image, T: caption tokens, C: channels, H, W: feature grid,
+N: captions returned per image.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from densecap.data.tokenizer import PAD, Vocabulary
+
+from .backbone import Backbone, build_backbone
+from .image_caption import ImageCaptionHead, build_image_caption_head
+from .meta_arch import META_ARCH_REGISTRY, DenseCapModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageCaptioner", "pick_feature", "feature_valid_mask"]
+
+
+def pick_feature(backbone: Backbone) -> str:
+    """The backbone output the caption head reads: the one whose stride is closest to 16."""
+    return min(backbone.out_features, key=lambda n: (abs(backbone.strides[n] - 16), backbone.strides[n]))
+
+
+def feature_valid_mask(sizes: Tensor, stride: int, shape: Tuple[int, int]) -> Tensor:
+    """(B, H, W) bool: feature cells whose receptive centre lies on the (unpadded) image."""
+    H, W = shape
+    hs = torch.clamp(torch.ceil(sizes[:, 0].float() / stride).long(), 1, H)  # B
+    ws = torch.clamp(torch.ceil(sizes[:, 1].float() / stride).long(), 1, W)  # B
+    ys = torch.arange(H)[None, :, None]
+    xs = torch.arange(W)[None, None, :]
+    return (ys < hs[:, None, None]) & (xs < ws[:, None, None])
+
+
+@META_ARCH_REGISTRY.register("ImageCaptioner")
+class ImageCaptioner(nn.Module):
+    """Backbone + whole-image caption head (NIC, soft or hard attention).
+
+    Input, a list of per-image dicts (``densecap.data.captions.CaptionDataset`` items)::
+
+        image           uint8 (3, H, W) RGB (already resized)
+        image_captions  int64 (K, T) word ids, 0-padded, no START/END (training only)
+        image_id        int (optional, echoed back)
+
+    Training (``model.train()``): ``model(batched_inputs) -> {"loss_image_caption": ..., ...}``
+    (weighted losses; the head's extras: ``loss_image_caption_doubly_stochastic``,
+    ``loss_image_caption_reinforce``, ``loss_image_caption_entropy``). Each step uses one of an
+    image's K captions drawn at random (``MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS = "sample"``) or all
+    K (``"all"``).
+
+    Evaluation (``model.eval()``): a list with one dict per image::
+
+        image_caption          str    the best caption (words joined by spaces)
+        image_caption_logprob  float  its total log-probability (END included when it finished)
+        image_captions         [{"caption": str, "logprob": float}] the top N (N = num_captions)
+        attention              float (T, h, w) the attention map behind each word of the best
+                               caption (T = its number of words; h, w: the attention grid), or
+                               None for NIC
+        image_id               the input's image_id (None if absent)
+
+    Decoding options (set from ``MODEL.IMAGE_CAPTION`` at build time, changeable as attributes):
+    ``beam_size``, ``max_len`` (tokens incl. END), ``num_captions``, ``length_penalty``,
+    ``block_repeats``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: ImageCaptionHead,
+        vocab: Vocabulary,
+        pixel_mean: List[float],
+        pixel_std: List[float],
+        train_captions: str = "sample",
+        beam_size: int = 3,
+        max_len: int = 20,
+        num_captions: int = 1,
+        length_penalty: float = 0.0,
+        block_repeats: bool = False,
+    ) -> None:
+        super().__init__()
+        if train_captions not in ("sample", "all"):
+            raise ValueError(f"MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS must be 'sample' or 'all', got {train_captions!r}")
+        self.backbone = backbone
+        self.head = head
+        self.vocab = vocab
+        self.in_feature = pick_feature(backbone)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.train_captions = train_captions
+        self.beam_size = int(beam_size)
+        self.max_len = int(max_len)
+        self.num_captions = int(num_captions)
+        self.length_penalty = float(length_penalty)
+        self.block_repeats = block_repeats
+
+    @classmethod
+    def from_config(cls, cfg, vocab: Vocabulary) -> "ImageCaptioner":
+        backbone = build_backbone(cfg)
+        c = cfg.MODEL.IMAGE_CAPTION
+        return cls(
+            backbone=backbone,
+            head=build_image_caption_head(cfg, vocab, backbone.out_channels),
+            vocab=vocab,
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            train_captions=c.TRAIN_CAPTIONS,
+            beam_size=c.BEAM_SIZE,
+            max_len=c.MAX_TOKENS,
+            num_captions=c.NUM_CAPTIONS,
+            length_penalty=c.LENGTH_PENALTY,
+            block_repeats=c.BLOCK_REPEATS,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # the DenseCap model's normalise-and-pad (uses only backbone, pixel_mean/std, device)
+    preprocess_image = DenseCapModel.preprocess_image
+
+    def extract_features(self, batched_inputs: List[Dict]) -> Tuple[Tensor, Tensor]:
+        """Backbone features (B, C, H, W) and their valid mask (B, H, W) bool."""
+        images, sizes = self.preprocess_image(batched_inputs)
+        sizes = torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)
+        trainable = self.training and any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+            feats = self.backbone(images)[self.in_feature]  # B C H W
+        mask = feature_valid_mask(sizes, self.backbone.strides[self.in_feature], feats.shape[-2:]).to(feats.device)
+        return feats, mask
+
+    def forward(self, batched_inputs: List[Dict]):
+        feats, mask = self.extract_features(batched_inputs)
+        if not self.training:
+            return self.inference(feats, mask, batched_inputs)
+        caps = [d["image_captions"].to(feats.device) for d in batched_inputs]
+        if self.train_captions == "sample":
+            picks = [int(torch.randint(len(c), ())) for c in caps]
+            captions = torch.stack([c[k] for c, k in zip(caps, picks)])  # B T
+        else:
+            counts = torch.tensor([len(c) for c in caps], device=feats.device)
+            feats = feats.repeat_interleave(counts, dim=0)  # BK C H W
+            mask = mask.repeat_interleave(counts, dim=0)
+            captions = torch.cat(caps, 0)  # BK T
+        t = int((captions != PAD).sum(1).max().clamp(min=1))
+        return self.head(feats, captions[:, :t], mask)
+
+    @torch.no_grad()
+    def inference(self, feats: Tensor, mask: Tensor, batched_inputs: List[Dict]) -> List[Dict]:
+        out = self.head.generate(
+            feats,
+            mask,
+            beam_size=self.beam_size,
+            max_len=self.max_len,
+            num_captions=self.num_captions,
+            length_penalty=self.length_penalty,
+            block_repeats=self.block_repeats,
+        )
+        tokens, logprobs, att = out["tokens"].cpu(), out["logprobs"].cpu(), out["attention"]
+        results = []
+        for i, d in enumerate(batched_inputs):
+            caps = [
+                {"caption": self.vocab.decode_str(tokens[i, n].tolist()), "logprob": float(logprobs[i, n])}
+                for n in range(tokens.shape[1])
+            ]
+            n_words = int((tokens[i, 0] != PAD).sum())
+            results.append({
+                "image_caption": caps[0]["caption"],
+                "image_caption_logprob": caps[0]["logprob"],
+                "image_captions": caps,
+                "attention": None if att is None else att[i, :n_words].float().cpu(),
+                "image_id": d.get("image_id"),
+            })
+        return results

@@ -1,0 +1,285 @@
+"""Region caption decoders (registry ``CAPTION_DECODER_REGISTRY``: "lstm", "gru").
+
+The original's language model: step 0 reads ``ReLU(Linear(region_code))``, step 1 reads the START
+token, then the words; one recurrent layer, 512 hidden / 512 embedding by default, LSTM
+forget-gate bias 1, no dropout.
+
+Caption tensors everywhere (``gt_captions``, ``generate()`` output, ``score()`` input) hold word ids
+only: int64 (N, T), left-aligned, 0-padded, no START/END. The model predicts the words and then
+END, so the teacher-forced targets are ``[w_1 .. w_L, END, PAD ...]`` (T+1 long) and
+``score()`` includes the END token. PAD and START are never predicted (their logits are -inf).
+
+Shapes: N: regions, D: region code dim, T: caption tokens, V: vocabulary, E: embedding size,
+H: hidden size, L: layers, K: beam size, R: results per region.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Tuple
+
+import torch
+from densecap.modeling.registry import Registry
+from torch import Tensor, nn
+
+from densecap.data.tokenizer import END, PAD, START, Vocabulary
+
+from .decoding import beam_search
+from .losses import caption_loss
+
+logger = logging.getLogger(__name__)
+
+CAPTION_DECODER_REGISTRY = Registry("CAPTION_DECODER")
+CAPTION_DECODER_REGISTRY.__doc__ = """Region caption decoders (``MODEL.CAPTION.DECODER``)."""
+
+__all__ = [
+    "CAPTION_DECODER_REGISTRY",
+    "CaptionDecoder",
+    "LSTMCaptionDecoder",
+    "GRUCaptionDecoder",
+    "build_caption_decoder",
+    "caption_targets",
+    "load_word_vectors",
+]
+
+
+def caption_targets(captions: Tensor, end_token: int = END, pad_token: int = PAD) -> Tensor:
+    """Teacher-forcing targets: words, then END, then PAD. (N, T) -> (N, T+1)."""
+    n = captions.shape[0]
+    lengths = (captions != pad_token).sum(dim=1)  # N
+    targets = torch.cat([captions, captions.new_full((n, 1), pad_token)], dim=1)  # N T+1
+    targets[torch.arange(n, device=captions.device), lengths] = end_token
+    return targets
+
+
+def load_word_vectors(path: str, vocab: Vocabulary, dim: int) -> Tuple[Tensor, Tensor]:
+    """Read a GloVe / word2vec *text* file: ``word v_1 .. v_dim`` per line.
+
+    A word2vec header line (``count dim``) is skipped. Returns (vectors float32 (V, dim),
+    found bool (V,)); rows of words not in the file are zero and ``found`` False (the caller keeps
+    its random initialisation there). A vector of the wrong dimension is an error.
+    """
+    vecs = torch.zeros(len(vocab), dim)
+    found = torch.zeros(len(vocab), dtype=torch.bool)
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f):
+            parts = line.rstrip().split(" ")
+            if lineno == 0 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                continue  # word2vec header
+            if len(parts) < 2:
+                continue
+            word = parts[0]
+            idx = vocab.token_to_idx.get(word)
+            if idx is None or found[idx]:
+                continue
+            if len(parts) - 1 != dim:
+                raise ValueError(
+                    f"{path}:{lineno + 1}: vector of dimension {len(parts) - 1}, "
+                    f"but MODEL.CAPTION.EMBED_SIZE is {dim}"
+                )
+            vecs[idx] = torch.tensor([float(v) for v in parts[1:]])
+            found[idx] = True
+    return vecs, found
+
+
+class CaptionDecoder(nn.Module):
+    """Recurrent caption decoder conditioned on a region (or image) code.
+
+    forward(codes (N, D), captions (N, T)) -> logits (N, T+1, V): teacher-forced predictions of
+        ``caption_targets(captions)``.
+    loss(codes, captions) -> scalar: summed token cross-entropy / N.
+    score(codes, captions) -> (N,): log-likelihood of each caption, END included.
+    generate(codes, beam_size=1, max_len=None, ...) -> (tokens (N, T) int64, logprobs (N,)).
+    """
+
+    rnn_cls = nn.LSTM
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        input_dim: int,
+        embed_size: int = 512,
+        hidden_size: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        max_tokens: int = 15,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = int(vocab_size)
+        self.max_tokens = int(max_tokens)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.image_proj = nn.Sequential(nn.Linear(input_dim, embed_size), nn.ReLU(inplace=True))
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.rnn = self.rnn_cls(
+            embed_size, hidden_size, num_layers=num_layers, batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, vocab_size)
+        never = torch.zeros(vocab_size, dtype=torch.bool)
+        never[[PAD, START]] = True
+        self.register_buffer("_never", never, persistent=False)
+        self._init_rnn()
+
+    def _init_rnn(self) -> None:
+        pass
+
+    @classmethod
+    def from_config(cls, cfg, vocab: Vocabulary, input_dim: int) -> "CaptionDecoder":
+        c = cfg.MODEL.CAPTION
+        dec = cls(
+            vocab_size=len(vocab), input_dim=input_dim, embed_size=c.EMBED_SIZE, hidden_size=c.HIDDEN_SIZE,
+            num_layers=c.NUM_LAYERS, dropout=c.DROPOUT, max_tokens=c.MAX_TOKENS,
+        )
+        if c.WORD_VECTORS:
+            dec.init_embeddings(c.WORD_VECTORS, vocab)
+        return dec
+
+    def init_embeddings(self, path: str, vocab: Vocabulary) -> int:
+        """Initialise word embeddings from a GloVe/word2vec text file; returns words found."""
+        vecs, found = load_word_vectors(path, vocab, self.embed.embedding_dim)
+        with torch.no_grad():
+            self.embed.weight[found] = vecs[found].to(self.embed.weight)
+        n = int(found.sum())
+        logger.info("word vectors: %d of %d vocabulary words found in %s", n, len(vocab), path)
+        return n
+
+    # ---- network ----------------------------------------------------------------------------
+    def _logits(self, hidden: Tensor) -> Tensor:
+        logits = self.out(self.drop(hidden))  # ... V
+        return logits.masked_fill(self._never, float("-inf"))
+
+    def forward(self, region_codes: Tensor, captions: Tensor) -> Tensor:
+        """Teacher-forced logits (N, T+1, V) for targets ``caption_targets(captions)``."""
+        n = region_codes.shape[0]
+        x0 = self.image_proj(region_codes)[:, None, :]  # N 1 E
+        start = self.embed(captions.new_full((n, 1), START))  # N 1 E
+        words = self.embed(captions)  # N T E
+        out, _ = self.rnn(torch.cat([x0, start, words], dim=1))  # N T+2 H
+        return self._logits(out[:, 1:])  # N T+1 V
+
+    @staticmethod
+    def _trim(captions: Tensor) -> Tensor:
+        """Drop all-pad columns at the end (they only cost time)."""
+        if captions.numel() == 0:
+            return captions
+        t = int((captions != PAD).sum(dim=1).max())
+        return captions[:, :t]
+
+    def loss(self, region_codes: Tensor, captions: Tensor) -> Tensor:
+        """Summed token cross-entropy (END included) / number of captions."""
+        if region_codes.shape[0] == 0:
+            return region_codes.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        captions = self._trim(captions)
+        return caption_loss(self(region_codes, captions), caption_targets(captions), pad_token=PAD)
+
+    def score(self, region_codes: Tensor, captions: Tensor) -> Tensor:
+        """Log-likelihood (N,) of each 0-padded caption given its region code, END included."""
+        if region_codes.shape[0] == 0:
+            return region_codes.new_zeros((0,))
+        captions = self._trim(captions)
+        logp = torch.log_softmax(self(region_codes, captions).float(), dim=-1)  # N T+1 V
+        targets = caption_targets(captions)  # N T+1
+        tok = logp.gather(2, targets[:, :, None]).squeeze(2)  # N T+1
+        return tok.masked_fill(targets == PAD, 0.0).sum(dim=1)
+
+    # ---- step interface (for beam search) -----------------------------------------------------
+    def _to_batch_first(self, state: Any) -> Any:
+        return state.transpose(0, 1).contiguous()
+
+    def _to_rnn(self, state: Any) -> Any:
+        return state.transpose(0, 1).contiguous()
+
+    def init_state(self, region_codes: Tensor) -> Any:
+        """Decoder state after reading the projected region code (batch-first tensors)."""
+        _, state = self.rnn(self.image_proj(region_codes)[:, None, :])
+        return self._to_batch_first(state)
+
+    def step(self, state: Any, tokens: Tensor) -> Tuple[Tensor, Any]:
+        """One decoding step: (state, tokens (B,)) -> (logprobs (B, V), new state)."""
+        out, new = self.rnn(self.embed(tokens)[:, None, :], self._to_rnn(state))  # B 1 H
+        logp = torch.log_softmax(self._logits(out[:, 0]).float(), dim=-1)  # B V
+        return logp, self._to_batch_first(new)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        region_codes: Tensor,
+        beam_size: int = 1,
+        max_len: Optional[int] = None,
+        *,
+        length_alpha: float = 0.0,
+        num_results: int = 1,
+        block_ngram_repeats: int = 0,
+    ) -> Tuple[Tensor, Tensor]:
+        """Captions for all regions at once (greedy when ``beam_size == 1``).
+
+        At most ``max_len`` words (default ``max_tokens``); a caption reaching ``max_len`` words is
+        closed with END (scored with END's real probability), so ``logprobs`` always equals
+        ``score(region_codes, tokens)``.
+
+        Returns tokens int64 (N, max_len) 0-padded words and logprobs float32 (N,); with
+        ``num_results = R > 1``: (N, R, max_len) and (N, R), best first.
+        """
+        T = int(self.max_tokens if max_len is None else max_len)
+        n = int(region_codes.shape[0])
+        R = int(num_results)
+        if n == 0:
+            tok = region_codes.new_zeros((0, T) if R == 1 else (0, R, T), dtype=torch.long)
+            lp = region_codes.new_zeros((0,) if R == 1 else (0, R), dtype=torch.float32)
+            return tok, lp
+        calls = [0]
+        only_end = torch.full((self.vocab_size,), float("-inf"), device=region_codes.device)
+        only_end[END] = 0.0
+
+        def step_fn(state, tokens):
+            logp, state = self.step(state, tokens)
+            if calls[0] == T:  # the (T+1)-th token must be END
+                logp = logp + only_end
+            calls[0] += 1
+            return logp, state
+
+        res = beam_search(
+            step_fn, self.init_state(region_codes), torch.full((n,), START, dtype=torch.long, device=region_codes.device),
+            beam_size=beam_size, max_len=T + 1, end_token=END, pad_token=PAD, length_alpha=length_alpha,
+            num_results=R, block_ngram_repeats=block_ngram_repeats,
+        )
+        tokens = res.tokens.masked_fill(res.tokens == END, PAD)[:, :, :T]  # N R T
+        logprobs = res.logprobs.float()  # N R
+        if R == 1:
+            return tokens[:, 0], logprobs[:, 0]
+        return tokens, logprobs
+
+
+@CAPTION_DECODER_REGISTRY.register("lstm")
+class LSTMCaptionDecoder(CaptionDecoder):
+    """The original's LSTM (forget-gate bias 1)."""
+
+    rnn_cls = nn.LSTM
+
+    def _init_rnn(self) -> None:
+        H = self.hidden_size
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[H : 2 * H].fill_(1.0)
+                getattr(self.rnn, f"bias_hh_l{layer}")[H : 2 * H].fill_(0.0)
+
+    def _to_batch_first(self, state):
+        h, c = state
+        return (h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous())
+
+    def _to_rnn(self, state):
+        h, c = state
+        return (h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous())
+
+
+@CAPTION_DECODER_REGISTRY.register("gru")
+class GRUCaptionDecoder(CaptionDecoder):
+    """A GRU in place of the LSTM (same interface)."""
+
+    rnn_cls = nn.GRU
+
+
+def build_caption_decoder(cfg, vocab: Vocabulary, input_dim: int) -> CaptionDecoder:
+    return CAPTION_DECODER_REGISTRY.get(cfg.MODEL.CAPTION.DECODER).from_config(cfg, vocab, input_dim)

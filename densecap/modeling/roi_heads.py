@@ -1,0 +1,198 @@
+"""Recognition network and its heads: sampled box features -> region code, objectness, refined box.
+
+Recognition network (the original's fc6/fc7): flatten (C*S*S) -> Linear(FC_DIM) + ReLU + dropout
+-> Linear(FC_DIM) + ReLU + dropout = the region code. Heads: objectness Linear(FC_DIM, 1); box
+refinement Linear(FC_DIM, 4) (zero init) giving deltas applied on top of the RPN box
+(``apply_deltas``, centre-size parametrisation).
+
+Training: runs on the RPN's sample (its positives first, subsampled to
+``ROI.BATCH_SIZE_PER_IMAGE`` with at most ``ROI.POSITIVE_FRACTION`` positives; the defaults keep
+the whole RPN sample, as the original). ``loss_cls``: BCE, positives 1 / negatives 0, mean over
+the sample; ``loss_box``: smooth-L1 between the positives' deltas and the deltas that move the
+RPN box onto its matched ground truth. With ``BACKPROP_BOXES`` both the sampled features and the
+box target stay connected to the RPN boxes (gradients reach the RPN regressor, as the original);
+without, the boxes are detached. Returns the positives' region codes and caption targets for the
+language model.
+
+Inference: objectness + refinement on every proposal, then :func:`select_detections` (NMS
+``nms_thresh`` on the refined boxes by score, ``score_thresh``, ``detections_per_image``);
+proposals given by the user (``refine=False``) are kept as they are, in order.
+
+Shapes: K: boxes, C: channels, S: pooled size, F: FC_DIM, T: caption tokens.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from densecap.structures import Instances, apply_deltas, clip_xyxy, encode_deltas
+
+from .losses import box_regression_loss, objectness_loss
+from .poolers import ROIPooler
+from .postprocess import select_detections
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RecognitionNetwork", "DenseCapROIHeads"]
+
+
+class RecognitionNetwork(nn.Module):
+    """(K, C, S, S) -> region codes (K, F)."""
+
+    def __init__(self, *, in_channels: int, pooler_resolution: int, fc_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * pooler_resolution * pooler_resolution, fc_dim)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+        self.drop = nn.Dropout(dropout)
+        self.out_dim = int(fc_dim)
+
+    def load_pretrained(self, tensors: Dict[str, Tensor]) -> bool:
+        """Copy fc6/fc7 (e.g. VGG-16's) when the shapes agree; returns whether it did."""
+        own = {"fc6.weight": self.fc6.weight, "fc6.bias": self.fc6.bias, "fc7.weight": self.fc7.weight,
+               "fc7.bias": self.fc7.bias}
+        if any(own[k].shape != tensors[k].shape for k in own):
+            logger.info("recognition network: pretrained fc6/fc7 shapes differ, random initialisation")
+            return False
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_(tensors[k])
+        logger.info("recognition network initialised from the backbone's pretrained fc6/fc7")
+        return True
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)  # K CSS
+        x = self.drop(torch.relu(self.fc6(x)))  # K F
+        return self.drop(torch.relu(self.fc7(x)))  # K F
+
+
+class DenseCapROIHeads(nn.Module):
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str],
+        pooler: ROIPooler,
+        recognition: RecognitionNetwork,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        backprop_boxes: bool = True,
+        loss_weight_cls: float = 0.1,
+        loss_weight_box: float = 0.1,
+        smooth_l1_beta: float = 1.0,
+        nms_thresh: float = 0.3,
+        score_thresh: float = 0.0,
+        detections_per_image: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_features = list(in_features)
+        self.pooler = pooler
+        self.recognition = recognition
+        self.objectness = nn.Linear(recognition.out_dim, 1)
+        self.box_deltas = nn.Linear(recognition.out_dim, 4)
+        nn.init.normal_(self.objectness.weight, std=0.01)
+        nn.init.zeros_(self.objectness.bias)
+        nn.init.zeros_(self.box_deltas.weight)
+        nn.init.zeros_(self.box_deltas.bias)
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.positive_fraction = float(positive_fraction)
+        self.backprop_boxes = bool(backprop_boxes)
+        self.loss_weight_cls = float(loss_weight_cls)
+        self.loss_weight_box = float(loss_weight_box)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        # inference options (attributes may be changed after building)
+        self.nms_thresh = float(nms_thresh)
+        self.score_thresh = float(score_thresh)
+        self.detections_per_image = int(detections_per_image)
+
+    @classmethod
+    def from_config(cls, cfg, backbone) -> "DenseCapROIHeads":
+        r = cfg.MODEL.ROI
+        pooler = ROIPooler(
+            output_size=r.POOLER_RESOLUTION, strides=[backbone.strides[f] for f in backbone.roi_features],
+            sampler=r.SAMPLER,
+        )
+        recognition = RecognitionNetwork(
+            in_channels=backbone.out_channels, pooler_resolution=r.POOLER_RESOLUTION, fc_dim=r.FC_DIM,
+            dropout=r.DROPOUT,
+        )
+        if hasattr(backbone, "pop_recognition_init"):
+            init = backbone.pop_recognition_init()
+            if init is not None:
+                recognition.load_pretrained(init)
+        return cls(
+            in_features=backbone.roi_features, pooler=pooler, recognition=recognition,
+            batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
+            backprop_boxes=r.BACKPROP_BOXES, loss_weight_cls=r.LOSS_WEIGHT_CLS, loss_weight_box=r.LOSS_WEIGHT_BOX,
+            smooth_l1_beta=r.SMOOTH_L1_BETA, nms_thresh=r.NMS_THRESH_TEST, score_thresh=cfg.TEST.SCORE_THRESH,
+            detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
+
+    def _recognize(self, features: Dict[str, Tensor], box_lists: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        pooled = self.pooler([features[f] for f in self.in_features], box_lists)  # K C S S
+        codes = self.recognition(pooled)  # K F
+        return codes, self.objectness(codes).squeeze(1), self.box_deltas(codes)  # K F, K, K 4
+
+    def forward_train(
+        self, features: Dict[str, Tensor], samples: Sequence[Instances]
+    ) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
+        """samples: the RPN's (positives first). Returns (losses, positive codes (P, F), captions (P, T))."""
+        box_lists, labels, gt_boxes, gt_caps = [], [], [], []
+        max_pos = int(self.batch_size_per_image * self.positive_fraction)
+        for s in samples:
+            lab = s.gt_objectness
+            n_pos_all = int((lab == 1).sum())
+            n_pos = min(n_pos_all, max_pos)
+            n_neg = min(len(s) - n_pos_all, self.batch_size_per_image - n_pos)
+            idx = torch.cat([torch.arange(n_pos), n_pos_all + torch.arange(n_neg)]).to(lab.device)
+            boxes = s.proposal_boxes[idx]
+            if not self.backprop_boxes:
+                boxes = boxes.detach()
+            box_lists.append(boxes)
+            labels.append(lab[idx])
+            gt_boxes.append(s.gt_boxes[idx[:n_pos]])
+            gt_caps.append(s.gt_captions[idx[:n_pos]])
+        codes, logits, deltas = self._recognize(features, box_lists)
+        labels_t = torch.cat(labels)  # K
+        pos = torch.nonzero(labels_t == 1).flatten()  # P
+        pos_boxes = torch.cat(box_lists)[pos]  # P 4
+        target = encode_deltas(pos_boxes, torch.cat(gt_boxes).to(pos_boxes.dtype))  # P 4
+        losses = {
+            "loss_cls": self.loss_weight_cls * objectness_loss(logits, labels_t),
+            "loss_box": self.loss_weight_box * box_regression_loss(deltas[pos], target, self.smooth_l1_beta),
+        }
+        T = max([int(c.shape[1]) for c in gt_caps] + [0])
+        caps = torch.cat([nn.functional.pad(c, (0, T - c.shape[1])) for c in gt_caps])  # P T
+        return losses, codes[pos], caps
+
+    @torch.no_grad()
+    def forward_test(
+        self, features: Dict[str, Tensor], proposals: Sequence[Instances], refine: Optional[Sequence[bool]] = None
+    ) -> List[Instances]:
+        """Per image ``Instances(pred_boxes (n, 4) xyxy input frame, scores (n,), region_codes (n, F))``.
+
+        ``refine[i] = False``: image i's proposals are user boxes: no refinement, no selection.
+        """
+        refine = list(refine) if refine is not None else [True] * len(proposals)
+        box_lists = [p.proposal_boxes for p in proposals]
+        codes, logits, deltas = self._recognize(features, box_lists)
+        scores = torch.sigmoid(logits)
+        out, start = [], 0
+        for p, boxes, ref in zip(proposals, box_lists, refine):
+            n = boxes.shape[0]
+            c, s, d = codes[start : start + n], scores[start : start + n], deltas[start : start + n]
+            start += n
+            if ref:
+                h, w = p.image_size
+                boxes = clip_xyxy(apply_deltas(boxes, d), h, w)
+                nonempty = torch.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).flatten()
+                keep = nonempty[
+                    select_detections(
+                        boxes[nonempty], s[nonempty], nms_thresh=self.nms_thresh, score_thresh=self.score_thresh,
+                        max_detections=self.detections_per_image,
+                    )
+                ]
+                boxes, s, c = boxes[keep], s[keep], c[keep]
+            out.append(Instances(p.image_size, pred_boxes=boxes, scores=s, region_codes=c))
+        return out

@@ -1,0 +1,360 @@
+"""Searching a region index: by text (exact or fast) and by an image region.
+
+N: regions in the index, C: regions scored per chunk, K: candidates, D: region code size,
+E: joint embedding size, T: query tokens.
+
+* ``exact`` (the DenseCap paper's method): every region is scored by the language model's
+  log-likelihood of the query given the region code (``caption_head.score``), C regions at a time
+  (memory is bounded by C whatever N is); the best ``topk`` are kept.
+* ``fast``: the query's joint embedding is compared with every region's by one matrix product
+  over the memory-mapped embeddings; the ``candidates`` best (``np.argpartition``) are re-ranked
+  exactly. Scores reported are log-likelihoods in both modes, so they are comparable.
+* region query: the model captions the given box (``given_boxes``), its region code is embedded
+  and the nearest regions by cosine are returned (cosine of raw region codes when the model has
+  no embedding head).
+
+Query words outside the vocabulary become ``<UNK>`` (what the model was trained with) and are
+reported in ``SearchResult.oov``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from densecap.data.tokenizer import UNK_TOKEN, tokenize
+
+from .index import ImageRecord, RegionIndex, RegionIndexError, checkpoint_identity
+
+logger = logging.getLogger(__name__)
+
+MODES = ("exact", "fast")
+
+__all__ = ["RetrievalModel", "SearchResult", "search", "search_text", "search_by_region", "NoEmbeddingError", "MODES"]
+
+
+class NoEmbeddingError(RegionIndexError):
+    """Fast mode or clustering needs a joint embedding the model / index does not have."""
+
+
+NO_EMBEDDING_HINT = (
+    "train one on top of the checkpoint with 'tools/train_net.py --config-file configs/synthetic/embedding_small.yaml "
+    "MODEL.WEIGHTS CKPT', then re-index; or use --mode exact"
+)
+
+
+# ------------------------------------------------------------------------------------------
+# the model side
+# ------------------------------------------------------------------------------------------
+class RetrievalModel:
+    """A DenseCap model seen from retrieval: its language model, its embedding head (optional),
+    a predictor to run it on images, and the identity of the checkpoint it came from.
+
+    ``model`` honours the contract of ``densecap.modeling`` (``model.vocab``,
+    ``model.caption_head.score``, eval outputs with ``region_codes``); ``model.embedding_head``
+    (an :class:`~densecap.retrieval.embedding.EmbeddingHead`) is used when present and not None.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        checkpoint: Dict[str, Any],
+        predictor=None,
+        region_dim: Optional[int] = None,
+        chunk_size: int = 4096,
+    ) -> None:
+        self.model = model.eval()
+        self.vocab = model.vocab
+        self.caption_head = model.caption_head
+        self.embedding_head = getattr(model, "embedding_head", None)
+        self.checkpoint = dict(checkpoint)
+        self._predictor = predictor
+        self.chunk_size = int(chunk_size)
+        if region_dim is None:
+            region_dim = self.embedding_head.region_dim if self.embedding_head is not None else None
+        if region_dim is None:
+            cfg = getattr(model, "cfg", None)
+            region_dim = int(cfg.MODEL.ROI.FC_DIM) if cfg is not None else 0
+        self.region_dim = int(region_dim)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        weights: str,
+        *,
+        config_file: Optional[str] = None,
+        opts: Sequence[Any] = (),
+        known: Optional[Dict[str, Any]] = None,
+        **predictor_options: Any,
+    ) -> "RetrievalModel":
+        """Load a checkpoint with the inference engineer's predictor (its config + ``config_file``
+        + ``opts`` + predictor options such as ``image_size``, ``device``)."""
+        from densecap.inference.predictor import DenseCapPredictor
+
+        ident = checkpoint_identity(weights, known=known)
+        predictor = DenseCapPredictor.from_checkpoint(weights, config_file=config_file, opts=opts, **predictor_options)
+        region_dim = None
+        if predictor.cfg is not None and getattr(predictor.model, "embedding_head", None) is None:
+            region_dim = int(predictor.cfg.MODEL.ROI.FC_DIM)
+        return cls(predictor.model, checkpoint=ident, predictor=predictor, region_dim=region_dim)
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from densecap.inference.predictor import DenseCapPredictor
+
+            self._predictor = DenseCapPredictor(self.model)
+        return self._predictor
+
+    @property
+    def image_size(self) -> int:
+        return int(getattr(self._predictor, "image_size", 0) or 0)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embedding_head.embed_dim) if self.embedding_head is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.caption_head.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def check_index(self, index: RegionIndex) -> None:
+        index.verify(self.checkpoint)
+
+    # ---- text ------------------------------------------------------------------------------
+    def encode_query(self, text: str) -> Dict[str, Any]:
+        """``{"tokens": list[str] as the model sees them, "ids": int64 (1, T), "oov": list[str]}``."""
+        words = tokenize(text)
+        if not words:
+            raise ValueError(f"the query {text!r} has no words (after lower-casing and removing punctuation)")
+        oov = [w for w in words if w not in self.vocab]
+        ids = torch.tensor([self.vocab.encode(words)], dtype=torch.int64)  # 1 T
+        return {"tokens": self.vocab.map_unknown(words), "ids": ids, "oov": oov}
+
+    def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
+        """int64 (Q, T) 0-padded token rows of caption strings (empty captions give one <UNK>)."""
+        rows = [self.vocab.encode(tokenize(c)) or [self.vocab.token_to_idx[UNK_TOKEN]] for c in captions]
+        t = max((len(r) for r in rows), default=1)
+        out = torch.zeros((len(rows), t), dtype=torch.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+        return out
+
+    # ---- scoring ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score_codes(self, codes: np.ndarray, ids: torch.Tensor) -> np.ndarray:
+        """float32 (N,) log-likelihood of the query ``ids`` (1, T) given each region code (N, D)."""
+        n = len(codes)
+        out = np.empty(n, dtype=np.float32)
+        dev = self.device
+        q = ids.to(dev)
+        for a in range(0, n, self.chunk_size):
+            c = torch.from_numpy(np.asarray(codes[a : a + self.chunk_size], dtype=np.float32)).to(dev)  # C D
+            ll = self.caption_head.score(c, q.expand(len(c), -1))  # C
+            out[a : a + len(c)] = ll.float().cpu().numpy()
+        return out
+
+    def _need_embedding(self) -> None:
+        if self.embedding_head is None:
+            raise NoEmbeddingError(f"the checkpoint {self.checkpoint.get('path')} has no joint embedding head; {NO_EMBEDDING_HINT}")
+
+    @torch.inference_mode()
+    def embed_regions(self, codes: np.ndarray) -> np.ndarray:
+        """float32 (N, E), L2-normalised."""
+        self._need_embedding()
+        n = len(codes)
+        out = np.empty((n, self.embed_dim), dtype=np.float32)
+        for a in range(0, n, self.chunk_size):
+            c = torch.from_numpy(np.asarray(codes[a : a + self.chunk_size], dtype=np.float32)).to(self.device)
+            out[a : a + len(c)] = self.embedding_head.embed_regions(c).float().cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def embed_sentences(self, ids: torch.Tensor) -> np.ndarray:
+        """float32 (Q, E), L2-normalised, of token rows (Q, T)."""
+        self._need_embedding()
+        out = []
+        for a in range(0, len(ids), self.chunk_size):
+            out.append(self.embedding_head.embed_sentences(ids[a : a + self.chunk_size].to(self.device)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    # ---- images ----------------------------------------------------------------------------
+    def record_from_prediction(self, path: str, pred, *, max_boxes: int = 0) -> ImageRecord:
+        if pred.region_codes is None:
+            raise RuntimeError("the model returned no region_codes (contract: eval instances carry region_codes)")
+        n = len(pred.captions) if max_boxes <= 0 else min(max_boxes, len(pred.captions))
+        codes = np.asarray(pred.region_codes[:n], np.float32).reshape(n, -1)
+        return ImageRecord(
+            path=os.path.abspath(path),
+            width=int(pred.width),
+            height=int(pred.height),
+            boxes=np.asarray(pred.boxes[:n], np.float32).reshape(n, 4),
+            scores=np.asarray(pred.scores[:n], np.float32),
+            captions=list(pred.captions[:n]),
+            codes=codes,
+            embeddings=self.embed_regions(codes) if self.embedding_head is not None else None,
+        )
+
+    def region_code(self, image, box) -> np.ndarray:
+        """float32 (D,) region code of ``box`` [x, y, w, h] (original pixels) in an image or image path."""
+        pred = self.predictor(image, given_boxes=[list(box)])
+        if pred.region_codes is None or len(pred.region_codes) != 1:
+            raise RuntimeError("the model returned no region code for the given box")
+        return np.asarray(pred.region_codes[0], np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# searching
+# ------------------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    """``hits``: dicts ``{"rank", "id", "image", "box": [x, y, w, h], "score", "caption", ...}`` best first.
+
+    ``score`` is the log-likelihood of the query (text modes) or the cosine similarity (region
+    query); fast mode also gives each hit's embedding ``similarity``."""
+
+    query: str
+    mode: str
+    hits: List[Dict[str, Any]]
+    tokens: List[str] = field(default_factory=list)
+    oov: List[str] = field(default_factory=list)
+    num_regions: int = 0
+    candidates: int = 0
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> List[Dict[str, Any]]:
+        """The ``--json`` form: ``[{"image", "box", "score", "caption"}, ...]`` in rank order."""
+        return [{"image": h["image"], "box": h["box"], "score": h["score"], "caption": h["caption"]} for h in self.hits]
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple:
+    """The k best (score, id), score descending, ties by id ascending."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        scores, ids = scores[part], ids[part]
+    order = np.lexsort((ids, -scores))
+    return scores[order], ids[order]
+
+
+def exact_scores_topk(index: RegionIndex, rmodel: RetrievalModel, ids: torch.Tensor, topk: int):
+    """Score every region of the index by the LM; returns the best (scores, region ids)."""
+    best_s = np.zeros(0, np.float32)
+    best_i = np.zeros(0, np.int64)
+    for off, shard in index.iter_shards():
+        n = shard.num_regions
+        for a in range(0, n, rmodel.chunk_size):
+            b = min(n, a + rmodel.chunk_size)
+            ll = rmodel.score_codes(shard.codes[a:b], ids)
+            best_s, best_i = _top(np.concatenate([best_s, ll]), np.concatenate([best_i, np.arange(off + a, off + b)]), topk)
+    return best_s, best_i
+
+
+def embedding_scores(index: RegionIndex, q: np.ndarray) -> np.ndarray:
+    """float32 (N,) cosine of every region's joint embedding with ``q`` (E,)."""
+    if not index.has_embeddings:
+        raise NoEmbeddingError(f"index {index.root} has no joint embeddings (built with a model without an embedding head); {NO_EMBEDDING_HINT}")
+    out = np.empty(index.num_regions, np.float32)
+    q = np.asarray(q, np.float32).reshape(-1)
+    for off, shard in index.iter_shards():
+        if shard.num_regions:
+            out[off : off + shard.num_regions] = shard.embeddings @ q  # N
+    return out
+
+
+def _hits(index: RegionIndex, ids: np.ndarray, scores: np.ndarray, extra: Optional[Dict[str, np.ndarray]] = None):
+    hits = []
+    for r, (i, s) in enumerate(zip(ids, scores)):
+        h = index.region(int(i))
+        h["score"] = float(s)
+        h["rank"] = r + 1
+        for k, v in (extra or {}).items():
+            h[k] = float(v[r])
+        hits.append(h)
+    return hits
+
+
+def search_text(
+    index: RegionIndex,
+    rmodel: RetrievalModel,
+    query: str,
+    *,
+    topk: int = 20,
+    mode: str = "exact",
+    candidates: int = 1000,
+) -> SearchResult:
+    """Rank the index's regions for a text query; see the module docstring for the modes."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    rmodel.check_index(index)
+    t0 = time.perf_counter()
+    enc = rmodel.encode_query(query)
+    if enc["oov"]:
+        logger.warning("query words not in the vocabulary, searched as %s: %s", UNK_TOKEN, ", ".join(enc["oov"]))
+    topk = max(1, int(topk))
+    seconds: Dict[str, float] = {}
+    extra = None
+    n_cand = index.num_regions
+    if index.num_regions == 0:
+        s, i = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    elif mode == "exact":
+        s, i = exact_scores_topk(index, rmodel, enc["ids"], topk)
+        seconds["score"] = time.perf_counter() - t0
+    else:
+        q = rmodel.embed_sentences(enc["ids"])[0]  # E
+        sims = embedding_scores(index, q)  # N
+        n_cand = min(max(int(candidates), topk), len(sims))
+        cand = np.argpartition(-sims, n_cand - 1)[:n_cand] if n_cand < len(sims) else np.arange(len(sims))
+        cand = np.sort(cand)
+        t1 = time.perf_counter()
+        seconds["candidates"] = t1 - t0
+        ll = rmodel.score_codes(index.gather_codes(cand), enc["ids"])
+        s, i = _top(ll, cand, topk)
+        extra = {"similarity": sims[i]}
+        seconds["rerank"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    hits = _hits(index, i, s, extra)
+    seconds["format"] = time.perf_counter() - t2
+    seconds["total"] = time.perf_counter() - t0
+    return SearchResult(query=query, mode=mode, hits=hits, tokens=enc["tokens"], oov=enc["oov"],
+                        num_regions=index.num_regions, candidates=n_cand, seconds=seconds)
+
+
+def search_by_region(
+    index: RegionIndex, rmodel: RetrievalModel, image, box, *, topk: int = 20, code: Optional[np.ndarray] = None
+) -> SearchResult:
+    """Nearest regions to ``box`` [x, y, w, h] (original pixels) of ``image`` (path or RGB array)."""
+    rmodel.check_index(index)
+    t0 = time.perf_counter()
+    code = rmodel.region_code(image, box) if code is None else np.asarray(code, np.float32)
+    if index.has_embeddings and rmodel.embedding_head is not None:
+        sims = embedding_scores(index, rmodel.embed_regions(code[None])[0])
+    else:  # no joint embedding: cosine of the raw region codes
+        logger.info("no joint embedding: nearest regions by cosine of the region codes")
+        q = code / max(float(np.linalg.norm(code)), 1e-12)
+        sims = np.empty(index.num_regions, np.float32)
+        for off, shard in index.iter_shards():
+            for a in range(0, shard.num_regions, rmodel.chunk_size):
+                c = np.asarray(shard.codes[a : a + rmodel.chunk_size], np.float32)
+                sims[off + a : off + a + len(c)] = (c @ q) / np.maximum(np.linalg.norm(c, axis=1), 1e-12)
+    s, i = _top(sims, np.arange(len(sims)), max(1, int(topk)))
+    name = image if isinstance(image, str) else "<image>"
+    return SearchResult(query=f"{name} box {list(box)}", mode="region", hits=_hits(index, i, s),
+                        num_regions=index.num_regions, seconds={"total": time.perf_counter() - t0})
+
+
+def search(index: RegionIndex, rmodel: RetrievalModel, *, query: Optional[str] = None, image=None, box=None,
+           topk: int = 20, mode: str = "exact", candidates: int = 1000) -> SearchResult:
+    if query is not None:
+        return search_text(index, rmodel, query, topk=topk, mode=mode, candidates=candidates)
+    if image is None or box is None:
+        raise ValueError("give a text query, or an image and a box")
+    return search_by_region(index, rmodel, image, box, topk=topk)
