@@ -129,3 +129,30 @@ class FakeDenseCapModel(torch.nn.Module):
             out["image_caption"] = f"an image with {caps[0] if caps else 'nothing'}"
             out["image_caption_logprob"] = -1.5
         return out
+
+
+# ------------------------------------------------------------------------------------------
+# a tiny REAL model (densecap.modeling, random weights) saved as a checkpoint
+# ------------------------------------------------------------------------------------------
+TINY_OPTS = [
+    "MODEL.BACKBONE.NAME", "small_cnn", "MODEL.BACKBONE.WIDTH", 8, "MODEL.BACKBONE.NORM", "GN",
+    "MODEL.RPN.HEAD_CHANNELS", 16, "MODEL.ROI.FC_DIM", 32,
+    "MODEL.CAPTION.EMBED_SIZE", 16, "MODEL.CAPTION.HIDDEN_SIZE", 16, "MODEL.CAPTION.MAX_TOKENS", 6,
+    "INPUT.MAX_SIZE", 128, "MODEL.RPN.PRE_NMS_TOPK_TEST", 300, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+]
+TINY_WORDS = "a red green blue yellow circle square triangle small large on of left right".split()
+
+
+def save_tiny_checkpoint(path: str, seed: int = 0, opts=()):
+    """Build the tiny random small_cnn DenseCap model and save it as a checkpoint; returns cfg."""
+    from densecap.config import get_cfg
+    from densecap.engine.checkpoint import save_checkpoint
+    from densecap.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_list(list(TINY_OPTS) + list(opts))
+    torch.manual_seed(seed)
+    vocab = Vocabulary(TINY_WORDS)
+    model = build_model(cfg, vocab)
+    save_checkpoint(path, model=model, cfg=cfg, vocab=vocab, iteration=0)
+    return cfg

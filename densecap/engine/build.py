@@ -102,6 +102,10 @@ class InfiniteLoader:
             self.epoch += 1
 
 
+def _stay_in_eval(self, mode: bool = True):
+    return torch.nn.Module.train(self, False)
+
+
 def freeze_all_but(model: torch.nn.Module, prefixes) -> int:
     """``MODEL.TRAIN_ONLY``: keep ``requires_grad`` only on parameters whose names start with one of
     ``prefixes``; returns how many parameters stay trainable (an error if none does)."""
@@ -114,6 +118,11 @@ def freeze_all_but(model: torch.nn.Module, prefixes) -> int:
     if n == 0:
         names = sorted({k.split(".")[0] for k, _ in model.named_parameters()})
         raise ValueError(f"MODEL.TRAIN_ONLY {list(prefixes)} matches no trainable parameter; top-level modules: {names}")
+    # fully frozen top-level modules stay in eval mode (no BatchNorm statistics drift, no dropout)
+    for child_name, child in model.named_children():
+        if not any(p.requires_grad for p in child.parameters()):
+            child.train = _stay_in_eval.__get__(child)  # model.train() recurses through this
+            child.eval()
     logger.info("MODEL.TRAIN_ONLY %s: %d parameter tensors trainable, the rest frozen", list(prefixes), n)
     return n
 

@@ -683,6 +683,7 @@ def evaluate_dense_files(
     max_tokens: int = 15,
     unmatched_quirk: bool = True,
     scorer: Optional[Scorer] = None,
+    score_all_records: bool = False,
 ) -> Dict[str, Any]:
     """Read a VG ``region_descriptions.json`` and a ``results.json`` and evaluate them.
 
@@ -718,7 +719,9 @@ def evaluate_dense_files(
         )
         logger.warning(msg)
         warnings.append(msg)
-    result = evaluate_dense_captions(gt, pred, scorer, unmatched_quirk=unmatched_quirk)
+    result = evaluate_dense_captions(
+        gt, pred, scorer, unmatched_quirk=unmatched_quirk, score_all_records=score_all_records
+    )
     result.update(report)
     result["timing"]["read"] = t_read
     if warnings:

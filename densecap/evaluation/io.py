@@ -185,10 +185,14 @@ def frame_warning(gt_by_image: Dict, pred_by_image: Dict) -> Optional[str]:
             pb = np.asarray(p["boxes"], dtype=np.float64).reshape(-1, 4) if p is not None else None
         except (TypeError, ValueError):
             continue
-        if pb is None or len(pb) == 0 or len(gb) == 0:
+        if pb is None:
             continue
-        g_ext = np.nanmax(np.maximum(gb[:, 0] + gb[:, 2], gb[:, 1] + gb[:, 3]))
-        p_ext = np.nanmax(np.maximum(pb[:, 0] + pb[:, 2], pb[:, 1] + pb[:, 3]))
+        g_far = np.maximum(gb[:, 0] + gb[:, 2], gb[:, 1] + gb[:, 3])
+        p_far = np.maximum(pb[:, 0] + pb[:, 2], pb[:, 1] + pb[:, 3])
+        g_far, p_far = g_far[np.isfinite(g_far)], p_far[np.isfinite(p_far)]
+        if len(g_far) == 0 or len(p_far) == 0:
+            continue
+        g_ext, p_ext = g_far.max(), p_far.max()
         if g_ext > 800:
             n_big += 1
             n_small += int(p_ext <= 721)

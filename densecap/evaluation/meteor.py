@@ -164,7 +164,8 @@ class MeteorScorer:
             raise MeteorError(f"could not start METEOR ({' '.join(self.command)}): {e}. {JAVA_INSTALL_HINT}") from e
         p = self._proc
         threading.Thread(target=self._read_stdout, args=(p, self._out), daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(p,), daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._read_stderr, args=(p,), daemon=True)
+        self._stderr_thread.start()
         threading.Thread(target=self._write_loop, args=(p, self._writeq), daemon=True).start()
         logger.debug("started METEOR: %s", " ".join(self.command))
 
@@ -197,8 +198,11 @@ class MeteorScorer:
                 break
 
     def _fail(self, msg: str) -> "MeteorError":
-        tail = "\n".join(self._stderr_tail)
         self.close(kill=True)
+        t = getattr(self, "_stderr_thread", None)
+        if t is not None:
+            t.join(timeout=2)  # let the last stderr lines arrive
+        tail = "\n".join(self._stderr_tail)
         full = f"METEOR failed: {msg}. Command: {' '.join(self.command)}"
         if tail:
             full += f"\nJVM stderr (last lines):\n{tail}"

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -24,7 +25,6 @@ from densecap.data.image_io import ImageReadError, read_image
 
 from .inputs import (
     InputItem,
-    InputSet,
     VideoOpenError,
     collect_inputs,
     has_display,
@@ -174,7 +174,7 @@ class _Outputs:
 
     def add(self, item: InputItem, image: np.ndarray, pred: Prediction) -> None:
         from .features import save_features
-        from .viewer import BROWSER_IMAGE_EXTENSIONS, relative_url, viewer_entry
+        from .viewer import browser_can_show, relative_url, viewer_entry
         from .visualize import draw_dense_captions, write_jpeg
 
         extra: Dict[str, Any] = {}
@@ -188,7 +188,6 @@ class _Outputs:
             image_id=image_id_from_name(item.path) if item.path else None,
             extra=extra,
         )
-        self.writer.add(rec)
         if self.args.extract_features:
             save_features(os.path.join(self.out_dir, "features", item.name + ".npz"), pred, item.img_name)
         if self.vis or self.window:
@@ -198,7 +197,7 @@ class _Outputs:
             if self.window:
                 self.window.show(canvas)
         if self.vis:
-            if item.path is not None and os.path.splitext(item.path)[1].lower() in BROWSER_IMAGE_EXTENSIONS:
+            if item.path is not None and browser_can_show(item.path):
                 src = relative_url(item.path, self.out_dir)
             else:  # frames and formats browsers cannot show: a clean copy
                 copy = os.path.join(self.out_dir, "images", item.name + ".jpg")
@@ -206,6 +205,7 @@ class _Outputs:
                 write_jpeg(copy, image, quality=92)
                 src = relative_url(copy, self.out_dir)
             self.viewer_entries.append(viewer_entry(rec, src))
+        self.writer.add(rec)  # last: an image whose outputs failed is an error, not a result
 
     def finish(self) -> None:
         self.writer.write()
@@ -322,6 +322,7 @@ def _build_predictor(args) -> DenseCapPredictor:
         config_file=args.config_file or None,
         opts=args.opts,
         image_caption=args.image_caption,
+        batch_size=args.batch_size,
         image_size=args.image_size,
         rpn_nms=args.rpn_nms,
         final_nms=args.final_nms,
@@ -332,7 +333,21 @@ def _build_predictor(args) -> DenseCapPredictor:
     )
 
 
+_CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def split_trailing_overrides(args) -> None:
+    """``--input a.jpg b.jpg TEST.BEAM_SIZE 3``: argparse gives the KEY VALUE pairs to --input;
+    move everything from the first config-key-looking argument that is not a file to ``opts``."""
+    for i, p in enumerate(args.input):
+        if _CFG_KEY.match(p) and not os.path.exists(p):
+            args.opts = list(args.input[i:]) + list(args.opts or [])
+            args.input = list(args.input[:i])
+            return
+
+
 def check_args(args) -> None:
+    split_trailing_overrides(args)
     if not args.input and args.webcam is None:
         raise UsageError("nothing to do: give --input PATH [PATH ...] and/or --webcam INDEX")
     if args.batch_size < 1:
@@ -354,8 +369,10 @@ def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
     inputs = collect_inputs(args.input, recursive=args.recursive)
     if predictor is None:
         predictor = build_predictor(args)
-    elif args.image_caption and not predictor.image_caption:
-        raise ImageCaptionUnavailable("--image-caption: the predictor was built without it")
+    else:
+        if args.image_caption and not predictor.image_caption:
+            raise ImageCaptionUnavailable("--image-caption: the predictor was built without it")
+        predictor.batch_size = args.batch_size
     os.makedirs(args.output, exist_ok=True)
     writer = ResultsWriter(os.path.join(args.output, "results.json"), _options_summary(args, predictor))
     outputs = _Outputs(args, writer)
@@ -418,7 +435,7 @@ def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
                     try:
                         outputs.add(it, img, pred)
                         done += 1
-                    except OSError as e:  # e.g. disk full for one overlay: report, keep going
+                    except (OSError, ValueError) as e:  # e.g. disk full for one overlay: report, keep going
                         report(it.display_path, f"cannot write outputs ({e})")
                 bar.update(1)
             if outputs.window is not None and outputs.window.closed:

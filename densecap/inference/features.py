@@ -15,7 +15,8 @@ N regions reported for that image (the same boxes, in the same order, as results
     format_version   int64   ()       1
 
 The arrays are plain numpy (no pickled objects): ``np.load(path)`` reads them with the default
-``allow_pickle=False``; :func:`load_features` returns them as a dict. This replaces the original's
+``allow_pickle=False``; :func:`load_features` returns them as a dict (``captions`` as a list of
+str, ``image_size`` as a tuple, ``img_name`` as str). This replaces the original's
 ``extract_features.lua`` (HDF5); unlike it, every reported box is stored, not a fixed 100.
 """
 from __future__ import annotations
@@ -37,8 +38,12 @@ def feature_arrays(pred: Prediction, img_name: str) -> Dict[str, np.ndarray]:
     n = len(pred.captions)
     codes = pred.region_codes
     if codes is None:
-        raise ValueError("the model returned no region_codes; cannot extract features")
-    codes = np.asarray(codes, dtype=np.float32).reshape(n, -1) if n else np.asarray(codes, np.float32).reshape(0, codes.shape[-1] if codes.ndim == 2 else 0)
+        if n:
+            raise ValueError("the model returned no region_codes; cannot extract features")
+        codes = np.zeros((0, 0), np.float32)
+    codes = np.asarray(codes, dtype=np.float32)
+    if codes.ndim != 2 or codes.shape[0] != n:
+        raise ValueError(f"region_codes of shape {codes.shape} for {n} regions")
     return {
         "boxes": np.asarray(pred.boxes, dtype=np.float32).reshape(n, 4),
         "scores": np.asarray(pred.scores, dtype=np.float32).reshape(n),

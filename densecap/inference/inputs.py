@@ -4,7 +4,9 @@
 the image files and video files to process, in a stable order, plus the problems found while
 collecting (a path that does not exist, a glob that matches nothing, a directory named like an
 image). Nothing is capped: every image found is processed. Problems are *reported*, never raised,
-so one bad argument does not stop the run.
+so one bad argument does not stop the run. Folder scans pick files by extension (images and
+videos; other files are counted and ignored) and skip hidden files and folders (names starting
+with "."); a file named explicitly is always tried.
 
 :func:`iter_items` then yields one :class:`InputItem` per image to caption: image files are read
 lazily later by the predictor (with the project's one loader, ``densecap.data.image_io``), video
@@ -73,11 +75,11 @@ class InputSet:
 
 
 def is_image_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(os.path.normpath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def is_video_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+    return os.path.splitext(os.path.normpath(path))[1].lower() in VIDEO_EXTENSIONS
 
 
 def _natural_key(path: str):
@@ -88,13 +90,17 @@ def _scan_dir(root: str, recursive: bool, out: InputSet) -> None:
     found: List[str] = []
     nested_dirs = 0
     if recursive:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        def unreadable(e: OSError) -> None:
+            out.errors.append((e.filename or root, f"cannot list directory ({e.strerror or e})"))
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
             dirnames.sort()
             for d in dirnames:
-                if is_image_name(d):
+                if is_image_name(d) and not d.startswith("."):
                     # os.walk still descends into it; a folder named like an image is reported once
                     out.errors.append((os.path.join(dirpath, d), "is a directory, not an image file"))
-            found.extend(os.path.join(dirpath, f) for f in filenames)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # no hidden folders
+            found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
     else:
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -102,6 +108,8 @@ def _scan_dir(root: str, recursive: bool, out: InputSet) -> None:
             out.errors.append((root, f"cannot list directory ({e.strerror or e})"))
             return
         for e in entries:
+            if e.name.startswith("."):  # hidden files (.DS_Store, ._IMG_1.jpg AppleDouble files)
+                continue
             if e.is_dir():
                 if is_image_name(e.name):
                     out.errors.append((e.path, "is a directory, not an image file"))
@@ -116,7 +124,7 @@ def _scan_dir(root: str, recursive: bool, out: InputSet) -> None:
             out.images.append(p)
         elif is_video_name(p):
             out.videos.append(p)
-        elif not os.path.basename(p).startswith("."):
+        else:
             out.skipped_non_images += 1
             logger.debug("ignoring %s (not an image or video file name)", p)
 
@@ -183,50 +191,48 @@ def _sanitize(s: str) -> str:
 def unique_names(paths: Sequence[str]) -> List[str]:
     """A unique, file-system-safe output stem per path.
 
-    The file's stem when it is unique; colliding stems get their parent folders prepended
-    (``a__1``, ``b__1``) until unique, then the extension, then a counter.
+    The file's stem when it is unique. Stems shared by files in different folders get the
+    shortest run of parent folder names that tells the folders apart (``a/1.jpg``, ``b/1.jpg`` ->
+    ``a__1``, ``b__1``); files of one folder sharing a stem get their extension (``1_png``); a
+    counter settles anything left. Comparison ignores case (case-insensitive file systems).
     """
-    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
-    stems = [os.path.splitext(ps[-1])[0] for ps in parts]
-    names = [_sanitize(s) for s in stems]
-    depth = [0] * len(paths)
-    for _ in range(64):
-        groups: Dict[str, List[int]] = {}
-        for i, n in enumerate(names):
-            groups.setdefault(n.lower(), []).append(i)  # case-insensitive file systems
-        clashes = [g for g in groups.values() if len(g) > 1]
-        if not clashes:
-            return names
-        changed = False
-        for g in clashes:
+    dirs = [os.path.normpath(os.path.dirname(os.path.abspath(p))).split(os.sep) for p in paths]
+    base = [os.path.basename(p) for p in paths]
+    stems = [_sanitize(os.path.splitext(b)[0]) for b in base]
+    groups: Dict[str, List[int]] = {}
+    for i, s in enumerate(stems):
+        groups.setdefault(s.lower(), []).append(i)
+    names = list(stems)
+    for g in groups.values():
+        if len(g) < 2:
+            continue
+        distinct = {tuple(dirs[i]) for i in g}
+        if len(distinct) > 1:
+            depth = 1
+            while depth < max(len(d) for d in distinct) and len({d[-depth:] for d in distinct}) < len(distinct):
+                depth += 1
             for i in g:
-                ps = parts[i]
-                if depth[i] + 1 < len(ps) - 1:
-                    depth[i] += 1
-                    prefix = "__".join(_sanitize(x) for x in ps[-1 - depth[i]:-1])
-                    names[i] = f"{prefix}__{_sanitize(stems[i])}"
-                    changed = True
-        if not changed:
-            break
-    # same folder and stem (a.jpg / a.png), or the same path twice: extension, then a counter
-    seen: Dict[str, int] = {}
+                prefix = "__".join(_sanitize(x) for x in dirs[i][-depth:] if x)
+                names[i] = f"{prefix}__{stems[i]}" if prefix else stems[i]
+        by_dir: Dict[tuple, List[int]] = {}
+        for i in g:
+            by_dir.setdefault(tuple(dirs[i]), []).append(i)
+        for same in by_dir.values():
+            if len(same) > 1:
+                for i in same[1:]:  # the first keeps its name, the others get their extension
+                    ext = os.path.splitext(base[i])[1].lstrip(".")
+                    if ext:
+                        names[i] = f"{names[i]}_{_sanitize(ext)}"
+    seen: set = set()
     result = []
-    for i, n in enumerate(names):
-        ext = os.path.splitext(parts[i][-1])[1].lstrip(".")
-        cand = n if n.lower() not in seen else f"{n}_{_sanitize(ext)}" if ext else n
-        k = 2
-        base = cand
+    for n in names:
+        cand, k = n, 2
         while cand.lower() in seen:
-            cand = f"{base}_{k}"
+            cand = f"{n}_{k}"
             k += 1
-        seen[cand.lower()] = 1
+        seen.add(cand.lower())
         result.append(cand)
     return result
-
-
-def image_items(paths: Sequence[str], reserved: Optional[set] = None) -> List[InputItem]:
-    names = unique_names(paths)
-    return [InputItem(name=n, img_name=os.path.basename(p), path=p) for n, p in zip(names, paths)]
 
 
 # ------------------------------------------------------------------------------------------

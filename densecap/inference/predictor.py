@@ -138,14 +138,21 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 
 def model_has_image_caption(model: torch.nn.Module) -> bool:
-    """Whether ``model`` can caption whole images (it has an image-caption head)."""
-    return getattr(model, "image_caption_head", None) is not None or bool(getattr(model, "has_image_caption", False))
+    """Whether ``model`` captions whole images: a dense captioning model with an
+    ``image_caption_head``, a model that says so with ``has_image_caption = True``, or the
+    standalone ``ImageCaptioner`` architecture."""
+    return (
+        getattr(model, "image_caption_head", None) is not None
+        or bool(getattr(model, "has_image_caption", False))
+        or type(model).__name__ == "ImageCaptioner"
+    )
 
 
 def apply_eval_options(model: torch.nn.Module, cfg) -> None:
-    """Push the test-time config values onto a model that is already built (attributes the model
-    exposes for this: ``beam_size``, ``score_thresh``, ``detections_per_image``, and the RPN's and
-    ROI heads' NMS/proposal settings). Attributes the model does not have are left alone."""
+    """Push the test-time config values onto a built model, through the attributes the model
+    documents for this (``model.beam_size``, ``model.rpn.nms_thresh / pre_nms_topk /
+    post_nms_topk``, ``model.roi_heads.nms_thresh / score_thresh / detections_per_image``).
+    The model also reads them from the config at build time; attributes it lacks are skipped."""
 
     def setattr_if(obj, name, value):
         if obj is not None and hasattr(obj, name):
@@ -156,7 +163,8 @@ def apply_eval_options(model: torch.nn.Module, cfg) -> None:
     setattr_if(model, "detections_per_image", int(cfg.TEST.DETECTIONS_PER_IMAGE))
     rpn = getattr(model, "rpn", None) or getattr(model, "proposal_generator", None)
     setattr_if(rpn, "nms_thresh", float(cfg.MODEL.RPN.NMS_THRESH))
-    setattr_if(rpn, "post_nms_topk_test", int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST))
+    setattr_if(rpn, "pre_nms_topk", int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST))
+    setattr_if(rpn, "post_nms_topk", int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST))
     roi = getattr(model, "roi_heads", None)
     setattr_if(roi, "nms_thresh", float(cfg.MODEL.ROI.NMS_THRESH_TEST))
     setattr_if(roi, "score_thresh", float(cfg.TEST.SCORE_THRESH))
@@ -191,8 +199,12 @@ class DenseCapPredictor:
         device: Optional[str] = None,
         score_thresh: float = 0.0,
         image_caption: bool = False,
+        batch_size: int = 8,
     ) -> None:
         self.model = model
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
         self.cfg = cfg
         self.image_size = int(image_size)
         if device is None:
@@ -213,7 +225,9 @@ class DenseCapPredictor:
         model.eval()
 
     @classmethod
-    def from_config(cls, cfg, model: torch.nn.Module, *, image_caption: bool = False) -> "DenseCapPredictor":
+    def from_config(
+        cls, cfg, model: torch.nn.Module, *, image_caption: bool = False, batch_size: int = 8
+    ) -> "DenseCapPredictor":
         return cls(
             model,
             cfg=cfg,
@@ -221,6 +235,7 @@ class DenseCapPredictor:
             device=str(cfg.MODEL.DEVICE),
             score_thresh=float(cfg.TEST.SCORE_THRESH),
             image_caption=image_caption,
+            batch_size=batch_size,
         )
 
     @classmethod
@@ -231,6 +246,7 @@ class DenseCapPredictor:
         config_file: Optional[str] = None,
         opts: Sequence[Any] = (),
         image_caption: bool = False,
+        batch_size: int = 8,
         **options: Any,
     ) -> "DenseCapPredictor":
         """Load a checkpoint (it carries its config and vocabulary).
@@ -246,11 +262,13 @@ class DenseCapPredictor:
         device = options.get("device")
         if device is not None:
             resolve_device(device)  # fail before loading anything
+        elif not torch.cuda.is_available():
+            options["device"] = "cpu"  # a checkpoint trained on a GPU still runs here
         cfg = load_config(config_file, None) if config_file else None
         all_opts = list(opts or ()) + options_to_opts(**options)
         model, cfg = build_model_from_checkpoint(weights, cfg, all_opts)
         apply_eval_options(model, cfg)
-        return cls.from_config(cfg, model, image_caption=image_caption)
+        return cls.from_config(cfg, model, image_caption=image_caption, batch_size=batch_size)
 
     @property
     def vocab(self):
@@ -295,8 +313,9 @@ class DenseCapPredictor:
         image_ids: Optional[Sequence[Any]] = None,
         file_names: Optional[Sequence[str]] = None,
     ) -> List[Prediction]:
-        """Dense captions for RGB uint8 images (H, W, 3), in one or more forward passes.
+        """Dense captions for RGB uint8 images (H, W, 3), one :class:`Prediction` each, in order.
 
+        Images of the same resized shape share forward passes of up to ``batch_size`` images.
         ``given_boxes[i]`` (None, or a list/array of [x, y, w, h] in image ``i``'s pixels) makes
         the model caption exactly those boxes, in that order, instead of detecting.
         """
@@ -320,27 +339,32 @@ class DenseCapPredictor:
         for i, inp in enumerate(inputs):
             groups.setdefault(tuple(inp["image"].shape[1:]), []).append(i)
         results: List[Optional[Prediction]] = [None] * n
-        for idx in groups.values():
-            outs = self._forward([inputs[i] for i in idx])
-            for i, out in zip(idx, outs):
-                results[i] = self._to_prediction(out, inputs[i], gb[i])
+        for same_shape in groups.values():
+            for k in range(0, len(same_shape), self.batch_size):
+                idx = same_shape[k:k + self.batch_size]
+                outs = self._forward([inputs[i] for i in idx])
+                for i, out in zip(idx, outs):
+                    results[i] = self._to_prediction(out, inputs[i], gb[i])
         return results  # type: ignore[return-value]
 
     def predict_paths(
         self, paths: Sequence[str], given_boxes: Optional[Sequence[Optional[Any]]] = None
     ) -> List[Union[Prediction, ImageReadError]]:
-        """Like :meth:`predict` for image files; an unreadable file gives its ImageReadError in its slot."""
+        """Like :meth:`predict` for image files, ``batch_size`` files in memory at a time; an
+        unreadable file gives its :class:`ImageReadError` in its slot."""
         gb = list(given_boxes) if given_boxes is not None else [None] * len(paths)
-        images, keep, out = [], [], [None] * len(paths)
-        for i, p in enumerate(paths):
-            try:
-                images.append(read_image(p))
-                keep.append(i)
-            except ImageReadError as e:
-                out[i] = e
-        for i, pred in zip(keep, self.predict(images, [gb[i] for i in keep])):
-            out[i] = pred
-        return out  # type: ignore[return-value]
+        out: List[Any] = [None] * len(paths)
+        for start in range(0, len(paths), self.batch_size):
+            images, keep = [], []
+            for i in range(start, min(start + self.batch_size, len(paths))):
+                try:
+                    images.append(read_image(paths[i]))
+                    keep.append(i)
+                except ImageReadError as e:
+                    out[i] = e
+            for i, pred in zip(keep, self.predict(images, [gb[i] for i in keep], file_names=[paths[i] for i in keep])):
+                out[i] = pred
+        return out
 
     def _forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         with torch.inference_mode():
@@ -353,8 +377,13 @@ class DenseCapPredictor:
         return list(outs)
 
     def _to_prediction(self, out: Dict[str, Any], inp: Dict[str, Any], given: Optional[Any]) -> Prediction:
-        inst = out["instances"]
         h, w = inp["height"], inp["width"]
+        inst = out.get("instances")
+        if inst is None:  # a whole-image captioner: no regions
+            from densecap.structures import Instances
+
+            inst = Instances((h, w), pred_boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                             pred_captions=[])
         boxes = _np(inst.pred_boxes, np.float32).reshape(-1, 4)  # N 4
         scores = _np(inst.scores, np.float32).reshape(-1)  # N
         captions = [str(c) for c in inst.pred_captions]
@@ -391,15 +420,15 @@ class DenseCapPredictor:
             region_codes=codes,
             given_boxes=given is not None,
         )
-        if self.image_caption:
+        if self.image_caption or out.get("image_caption") is not None:
             _read_image_caption(out, pred)
         return pred
 
 
 def _read_image_caption(out: Dict[str, Any], pred: Prediction) -> None:
-    """Hook for the whole-image caption head: the model's per-image output dict carries
-    ``image_caption`` (str), ``image_caption_logprob`` (float) and optionally ``image_captions``
-    (top-N list of (caption, logprob))."""
+    """The whole-image caption of one image, from the model's per-image output dict:
+    ``image_caption`` (str), ``image_caption_logprob`` (float) and optionally ``image_captions``,
+    the top N as ``{"caption", "logprob"}`` dicts or ``(caption, logprob)`` pairs."""
     cap = out.get("image_caption")
     if cap is None:
         raise RuntimeError("--image-caption: the model returned no 'image_caption' for an image")
@@ -408,7 +437,9 @@ def _read_image_caption(out: Dict[str, Any], pred: Prediction) -> None:
     pred.image_caption_logprob = None if lp is None else float(lp)
     top = out.get("image_captions")
     if top is not None:
-        pred.image_captions = [(str(c), float(l)) for c, l in top]
+        pred.image_captions = [
+            (str(t["caption"]), float(t["logprob"])) if isinstance(t, dict) else (str(t[0]), float(t[1])) for t in top
+        ]
 
 
 def _np(x: Any, dtype) -> np.ndarray:

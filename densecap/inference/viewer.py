@@ -13,9 +13,10 @@ Safety: the data is embedded as JSON in a ``<script type="application/json">`` e
 cannot end the element), and the page inserts every caption and name with ``textContent``, never
 as HTML. The only HTML built in Python (the title) is ``html.escape``-d.
 
-Images are referenced by URL relative to the HTML file (the original files, or ``images/<name>.jpg``
-copies for video frames and formats browsers do not display), so keep the output folder where it
-is or move it together with the images.
+Images are referenced by URL relative to the HTML file: the original files (browsers apply their
+EXIF orientation, as ``read_image`` does), or ``images/<name>.jpg`` copies for video frames and for
+files browsers do not display reliably (TIFF, PPM, CMYK JPEG, 16-bit PNG). Keep the output folder
+where it is, or move it together with the images.
 
 State for tests and scripts lives in the DOM: ``body[data-index]`` (current image),
 ``body[data-shown]`` (boxes shown), ``body[data-highlight]`` (hovered box or -1),
@@ -36,6 +37,20 @@ from .visualize import palette
 
 # formats every current browser displays in <img>
 BROWSER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+
+
+def browser_can_show(path: str) -> bool:
+    """Whether a browser shows ``path`` as read_image does: a web format in a plain 8-bit mode
+    (CMYK JPEGs and 16-bit PNGs render inconsistently across browsers, so they get a copy)."""
+    if os.path.splitext(path)[1].lower() not in BROWSER_IMAGE_EXTENSIONS:
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:  # reads the header only
+            return im.mode in ("RGB", "RGBA", "L", "LA", "P", "1")
+    except Exception:  # noqa: BLE001 - unreadable header: let the copy path decide
+        return False
 
 
 def embed_json(obj: Any) -> str:
@@ -116,7 +131,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   #list li.error { color: #e07a7a; cursor: default; }
   #stage { flex: 1; display: flex; flex-direction: column; align-items: center; justify-content: flex-start; padding: 10px; min-width: 0; overflow: auto; }
   #imgtitle { margin-bottom: 6px; color: #c8c8c8; max-width: 100%; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-  #frame { position: relative; display: inline-block; overflow: hidden; line-height: 0; }
+  #frame { position: relative; display: inline-block; overflow: hidden; line-height: 0; flex: none; }
   #img { display: block; }
   .box { position: absolute; border: 3px solid; box-shadow: 0 0 0 1px rgba(0,0,0,.7); transition: opacity .1s; }
   .box .lbl { position: absolute; top: 0; left: 0; padding: 1px 4px; font-size: 12px; line-height: 1.3;
@@ -247,8 +262,8 @@ _TEMPLATE = r"""<!DOCTYPE html>
     var nw = img.naturalWidth, nh = img.naturalHeight;
     if (!nw || !nh) return;
     var stage = document.getElementById("stage");
-    var aw = stage.clientWidth - 24;
-    var ah = stage.clientHeight - 24 - document.getElementById("imgtitle").offsetHeight - document.getElementById("imgcap").offsetHeight;
+    var aw = stage.clientWidth - 24;  // padding 2 x 10 and a little air
+    var ah = stage.clientHeight - 40 - document.getElementById("imgtitle").offsetHeight - document.getElementById("imgcap").offsetHeight;
     var s = Math.max(0.05, Math.min(aw / nw, ah / nh, 4));
     img.style.width = Math.round(nw * s) + "px";
     img.style.height = Math.round(nh * s) + "px";
@@ -264,8 +279,8 @@ _TEMPLATE = r"""<!DOCTYPE html>
     list.appendChild(li);
   });
   (DATA.errors || []).forEach(function (e) {
-    var li = el("li", "error", "\u26a0 " + e.path);
-    li.title = e.error;
+    var li = el("li", "error", "\u26a0 " + String(e.path).split(/[\\/]/).pop());
+    li.title = e.path + ": " + e.error;
     list.appendChild(li);
   });
   document.addEventListener("keydown", function (ev) {

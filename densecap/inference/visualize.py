@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -50,15 +51,18 @@ def _overlaps(a, b) -> bool:
 
 
 class _Style:
-    def __init__(self, longest: int) -> None:
+    def __init__(self, height: int, width: int) -> None:
         import cv2
 
         self.font = cv2.FONT_HERSHEY_SIMPLEX
-        target_h = max(11.0, 0.02 * longest)  # cap height of the text in canvas pixels
+        # cap height of the text in canvas pixels: ~2.5% of the canvas' geometric mean side, so
+        # panoramas do not get letters taller than a sixth of the picture
+        target_h = max(11.0, min(0.025 * math.sqrt(height * width), height / 6.0))
+        longest = max(height, width)
         (_, base_h), _ = cv2.getTextSize("Ag", self.font, 1.0, 1)
         self.scale = target_h / base_h
         self.text_thick = max(1, int(round(target_h / 14)))
-        self.box_thick = max(2, int(round(longest / 350)))
+        self.box_thick = max(2, int(round(math.sqrt(height * width) / 300)))
         self.pad = max(2, int(round(target_h * 0.3)))
 
     def size(self, text: str) -> Tuple[int, int, int]:
@@ -128,7 +132,7 @@ def layout(
     elif max_side and longest > max_side:
         s = max_side / longest
     cw, ch = max(1, round(w * s)), max(1, round(h * s))
-    style = _Style(max(ch, cw))
+    style = _Style(ch, cw)
     k = min(int(topk), len(captions)) if topk > 0 else len(captions)
     rects = []
     for i in range(k):
@@ -184,7 +188,7 @@ def draw_dense_captions(
     else:
         canvas = image.copy()
     canvas = np.ascontiguousarray(canvas)
-    style = _Style(max(ch, cw))
+    style = _Style(ch, cw)
     k = len(lay.boxes)
     colors = palette(k)
     # boxes first, best on top; then labels, best on top, so no line crosses a label

@@ -61,6 +61,8 @@ class ImageCaptioner(nn.Module):
         attention              float (T, h, w) the attention map behind each word of the best
                                caption (T = its number of words; h, w: the attention grid), or
                                None for NIC
+        attention_cell         (cell_h, cell_w): input (resized-image) pixels covered by one
+                               attention cell, the grid starting at the top-left; None for NIC
         image_id               the input's image_id (None if absent)
 
     Decoding options (set from ``MODEL.IMAGE_CAPTION`` at build time, changeable as attributes):
@@ -162,6 +164,10 @@ class ImageCaptioner(nn.Module):
             block_repeats=self.block_repeats,
         )
         tokens, logprobs, att = out["tokens"].cpu(), out["logprobs"].cpu(), out["attention"]
+        cell = None
+        if att is not None:  # input pixels covered by one attention cell (grid from the top-left)
+            stride = float(self.backbone.strides[self.in_feature])
+            cell = (stride * feats.shape[-2] / att.shape[-2], stride * feats.shape[-1] / att.shape[-1])
         results = []
         for i, d in enumerate(batched_inputs):
             caps = [
@@ -174,6 +180,7 @@ class ImageCaptioner(nn.Module):
                 "image_caption_logprob": caps[0]["logprob"],
                 "image_captions": caps,
                 "attention": None if att is None else att[i, :n_words].float().cpu(),
+                "attention_cell": cell,
                 "image_id": d.get("image_id"),
             })
         return results

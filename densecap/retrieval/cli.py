@@ -1,9 +1,11 @@
 """``tools/retrieve.py``: index a collection, query it, evaluate retrieval. ``tools/cluster.py``.
 
     tools/retrieve.py index --weights CKPT [--config-file CFG] --input DIR_OR_GLOB [...] --index INDEX_DIR
+    tools/retrieve.py compact --index INDEX_DIR           (merge shards; optional)
     tools/retrieve.py query --index INDEX_DIR --query "a red circle" [--topk 20] [--mode exact|fast]
                             [--output DIR] [--json FILE]
     tools/retrieve.py query --index INDEX_DIR --query-image IMG --query-box x,y,w,h [--topk 20]
+    tools/retrieve.py train-embedding --weights CKPT --data PREPARED_DIR --output CKPT_WITH_EMBEDDING
     tools/retrieve.py eval  --weights CKPT --data PREPARED_DIR [--split test] [--num-images 1000]
                             [--num-queries 100] [--output FILE]
     tools/cluster.py --index INDEX_DIR --k K --output DIR
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage of region codes (float16 halves the index; log-likelihoods change < 1e-2)")
     q.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
 
+    q = sub.add_parser("compact", help="merge an index's shards into one (faster to open and search)")
+    q.add_argument("--index", required=True, metavar="INDEX_DIR")
+
     q = sub.add_parser("query", help="search an index by text or by an image region")
     q.add_argument("--index", required=True, metavar="INDEX_DIR")
     q.add_argument("--query", default=None, help="text query")
@@ -73,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default="", metavar="FILE", help="write the hits as JSON")
     q.add_argument("--weights", default=None, metavar="CKPT", help="the index's checkpoint, if it moved")
     q.add_argument("--device", default=None)
+
+    q = sub.add_parser("train-embedding", help="fit the joint embedding head on a frozen checkpoint (quick second stage)")
+    q.add_argument("--weights", required=True, metavar="CKPT", help="the trained DenseCap checkpoint")
+    q.add_argument("--data", required=True, metavar="PREPARED_DIR")
+    q.add_argument("--split", default="train")
+    q.add_argument("--output", required=True, metavar="CKPT", help="the checkpoint to write (model + embedding head)")
+    q.add_argument("--num-images", type=int, default=1000, help="training images whose GT boxes give the pairs (0 = all)")
+    q.add_argument("--steps", type=int, default=2000)
+    q.add_argument("--batch-size", type=int, default=128)
+    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--max-seconds", type=float, default=0.0, help="stop fitting after this long (0 = no limit)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default=None)
+    q.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (e.g. MODEL.EMBEDDING.DIM 128)")
 
     q = sub.add_parser("eval", help="the DenseCap paper's retrieval protocol on a prepared split")
     _model_args(q, True)
@@ -124,7 +143,8 @@ def cmd_index(args) -> int:
     return 0
 
 
-def print_result(res, out=sys.stdout) -> None:
+def print_result(res, out=None) -> None:
+    out = out if out is not None else sys.stdout
     if res.oov:
         print(f"note: not in the vocabulary, searched as <UNK>: {', '.join(res.oov)}", file=out)
     if res.mode in ("exact", "fast"):
@@ -190,13 +210,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_train_embedding(args) -> int:
+    from .train import train_embedding
+
+    s = train_embedding(args.weights, args.data, args.output, split=args.split, num_images=args.num_images,
+                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_seconds=args.max_seconds,
+                        seed=args.seed, opts=args.opts, device=args.device)
+    val = f", val recall@10 {s['val_recall@10']:.3f}" if "val_recall@10" in s else ""
+    print(f"embedding head: {s['pairs']} pairs, {s['steps']} steps in {s['seconds']:.0f} s, final loss "
+          f"{s['history'][-1]['loss']:.4f}, train recall@10 {s['train_recall@10']:.3f}{val}; wrote {s['output']}")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from .index import RegionIndex
+
+    index = RegionIndex.open(args.index)
+    before = len(index.shards)
+    with index:
+        index.lock()
+        index.compact()
+    print(f"index {index.root}: {before} shard(s) -> {len(index.shards)}; {index.num_images} images, {index.num_regions} regions")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .index import RegionIndexError
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return {"index": cmd_index, "query": cmd_query, "eval": cmd_eval}[args.command](args)
+        return {"index": cmd_index, "query": cmd_query, "eval": cmd_eval,
+                "train-embedding": cmd_train_embedding, "compact": cmd_compact}[args.command](args)
     except (RegionIndexError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

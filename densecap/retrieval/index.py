@@ -437,23 +437,11 @@ class RegionIndex:
         for r in records:
             if len(r.codes) and np.asarray(r.codes).shape[1] != self.region_dim:
                 raise ValueError(f"{r.path}: region codes of size {np.asarray(r.codes).shape[1]}, index has {self.region_dim}")
-        seq = len(self.manifest["shards"])
-        name = f"shard_{seq:06d}"
-        shards_dir = os.path.join(self.root, SHARDS)
-        final = os.path.join(shards_dir, name)
-        if os.path.exists(final):  # an unlisted leftover of a crash
-            shutil.rmtree(final)
-        tmp = os.path.join(shards_dir, f".tmp-{name}-{os.getpid()}")
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        try:
-            n = write_shard(tmp, records, codes_dtype=self.manifest["codes_dtype"], embed_dim=self.embed_dim)
-            os.rename(tmp, final)
-            _fsync_dir(shards_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        seq, name = self._next_name()
+        n = self._publish(name, lambda tmp: write_shard(tmp, records, codes_dtype=self.manifest["codes_dtype"],
+                                                        embed_dim=self.embed_dim))
         manifest = dict(self.manifest)
+        manifest["next_shard"] = seq + 1
         manifest["shards"] = list(self.manifest["shards"]) + [{"name": name, "num_images": len(records), "num_regions": n}]
         manifest["num_images"] = int(self.manifest["num_images"]) + len(records)
         manifest["num_regions"] = int(self.manifest["num_regions"]) + n
@@ -462,6 +450,81 @@ class RegionIndex:
         self.manifest = manifest
         self.shards.append(_load_shard(self.root, name, self.embed_dim))
         self._offsets = np.append(self._offsets, self._offsets[-1] + n)
+        return name
+
+    def _next_name(self) -> Tuple[int, str]:
+        seq = int(self.manifest.get("next_shard", len(self.manifest["shards"])))
+        return seq, f"shard_{seq:06d}"
+
+    def _publish(self, name: str, write) -> int:
+        """Run ``write(tmp_dir)`` and rename the directory to ``shards/<name>`` (not yet listed)."""
+        shards_dir = os.path.join(self.root, SHARDS)
+        final = os.path.join(shards_dir, name)
+        if os.path.exists(final):  # an unlisted leftover of a crash
+            shutil.rmtree(final)
+        tmp = os.path.join(shards_dir, f".tmp-{name}-{os.getpid()}")
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        try:
+            n = write(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(shards_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return n
+
+    def compact(self, chunk: int = 65536) -> Optional[str]:
+        """Merge all shards into one (streamed through memory maps, crash-safe like add_shard):
+        a collection indexed in many small runs then opens and searches as one set of arrays."""
+        if self._lock_fd is None:
+            raise RegionIndexError("compact needs the writer lock: call index.lock() first")
+        if len(self.shards) <= 1:
+            return None
+        n_total = self.num_regions
+
+        def write(tmp: str) -> int:
+            os.makedirs(tmp)
+            first = self.shards[0]
+            specs = {"boxes.npy": ("boxes", np.float32), "scores.npy": ("scores", np.float32),
+                     "image_index.npy": ("image_index", np.int32), "codes.npy": ("codes", first.codes.dtype)}
+            if self.embed_dim:
+                specs["embeddings.npy"] = ("embeddings", np.float32)
+            images, captions, img_off = [], [], 0
+            for off, sh in self.iter_shards():
+                for im in sh.images:
+                    images.append(dict(im, start=int(im["start"]) + off))
+                captions.extend(sh.captions)
+            for fname, (attr, dtype) in specs.items():
+                shape = (n_total,) + getattr(first, attr).shape[1:]
+                out = np.lib.format.open_memmap(os.path.join(tmp, fname), mode="w+", dtype=dtype, shape=shape)
+                img_off = 0
+                for off, sh in self.iter_shards():
+                    src = getattr(sh, attr)
+                    for a in range(0, sh.num_regions, chunk):
+                        block = np.asarray(src[a : a + chunk])
+                        out[off + a : off + a + len(block)] = block + img_off if attr == "image_index" else block
+                    img_off += len(sh.images)
+                out.flush()
+                del out
+                with open(os.path.join(tmp, fname), "rb+") as f:
+                    os.fsync(f.fileno())
+            _save_json(os.path.join(tmp, "captions.json"), captions)
+            _save_json(os.path.join(tmp, "meta.json"), {"images": images, "num_regions": n_total})
+            _fsync_dir(tmp)
+            return n_total
+
+        seq, name = self._next_name()
+        self._publish(name, write)
+        manifest = dict(self.manifest)
+        manifest["next_shard"] = seq + 1
+        manifest["shards"] = [{"name": name, "num_images": self.num_images, "num_regions": n_total}]
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._write_manifest(manifest)
+        self.manifest = manifest
+        self.shards = [_load_shard(self.root, name, self.embed_dim)]
+        self._offsets = np.array([0, n_total], np.int64)
+        self.cleanup()  # the merged shards are no longer listed
         return name
 
     def _write_manifest(self, manifest: Dict[str, Any]) -> None:

@@ -99,6 +99,8 @@ class RetrievalModel:
 
         ident = checkpoint_identity(weights, known=known)
         predictor = DenseCapPredictor.from_checkpoint(weights, config_file=config_file, opts=opts, **predictor_options)
+        if getattr(predictor.model, "embedding_head", None) is None:
+            _attach_embedding_head(predictor.model, weights, predictor.cfg)
         region_dim = None
         if predictor.cfg is not None and getattr(predictor.model, "embedding_head", None) is None:
             region_dim = int(predictor.cfg.MODEL.ROI.FC_DIM)
@@ -158,7 +160,7 @@ class RetrievalModel:
         dev = self.device
         q = ids.to(dev)
         for a in range(0, n, self.chunk_size):
-            c = torch.from_numpy(np.asarray(codes[a : a + self.chunk_size], dtype=np.float32)).to(dev)  # C D
+            c = torch.from_numpy(np.array(codes[a : a + self.chunk_size], dtype=np.float32)).to(dev)  # C D (a copy: memmaps are read-only)
             ll = self.caption_head.score(c, q.expand(len(c), -1))  # C
             out[a : a + len(c)] = ll.float().cpu().numpy()
         return out
@@ -174,7 +176,7 @@ class RetrievalModel:
         n = len(codes)
         out = np.empty((n, self.embed_dim), dtype=np.float32)
         for a in range(0, n, self.chunk_size):
-            c = torch.from_numpy(np.asarray(codes[a : a + self.chunk_size], dtype=np.float32)).to(self.device)
+            c = torch.from_numpy(np.array(codes[a : a + self.chunk_size], dtype=np.float32)).to(self.device)
             out[a : a + len(c)] = self.embedding_head.embed_regions(c).float().cpu().numpy()
         return out
 
@@ -210,6 +212,24 @@ class RetrievalModel:
         if pred.region_codes is None or len(pred.region_codes) != 1:
             raise RuntimeError("the model returned no region code for the given box")
         return np.asarray(pred.region_codes[0], np.float32)
+
+
+def _attach_embedding_head(model: torch.nn.Module, weights: str, cfg) -> None:
+    """A checkpoint may hold ``embedding_head.*`` weights that the built model has no module for
+    (a model class without the optional head): build the head from them and attach it."""
+    from densecap.engine.checkpoint import load_checkpoint
+
+    from .embedding import build_embedding_head
+
+    state = load_checkpoint(weights)["model"]
+    head_state = {k[len("embedding_head."):]: v for k, v in state.items() if k.startswith("embedding_head.")}
+    if not head_state or cfg is None:
+        return
+    region_dim = int(head_state["region_proj.weight"].shape[1])
+    head = build_embedding_head(cfg, model.vocab, region_dim)
+    head.load_state_dict(head_state)
+    model.embedding_head = head.to(next(model.parameters()).device).eval()
+    logger.info("%s: joint embedding head loaded from the checkpoint", weights)
 
 
 # ------------------------------------------------------------------------------------------

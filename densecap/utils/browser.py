@@ -299,3 +299,9 @@ def _dup_high(fd: int, minimum: int = 10) -> int:
     import fcntl
 
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, minimum)
+
+
+if __name__ == "__main__":  # `python -m densecap.utils.browser`: make sure Chromium is there
+    found, why = ensure_chromium()
+    print(found or f"unavailable: {why}")
+    sys.exit(0 if found else 1)

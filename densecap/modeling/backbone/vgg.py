@@ -2,17 +2,19 @@
 
 Stages for ``FREEZE_AT`` are the five conv blocks (conv1 ... conv5); the original never trains
 conv1-conv2 (``FREEZE_AT: 2``). ``MODEL.BACKBONE.NORM``: "" (plain VGG-16) or "BN" (VGG-16-BN).
+With pretrained weights, the file's fc6/fc7 (classifier.0 / classifier.3) are handed to the
+recognition network (7x7x512 -> 4096 -> 4096) when its shape matches, as in the original.
 """
 from __future__ import annotations
 
 import logging
-from typing import Dict
+from typing import Dict, Optional
 
-import torchvision
 from torch import Tensor, nn
+from torchvision.models.vgg import cfgs, make_layers
 
 from .base import BACKBONE_REGISTRY, Backbone
-from .weights import load_backbone_weights
+from .weights import load_backbone_weights, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -20,27 +22,29 @@ logger = logging.getLogger(__name__)
 class VGG16Backbone(Backbone):
     def __init__(self, *, batch_norm: bool = False, weights: str = "") -> None:
         super().__init__()
-        net = torchvision.models.vgg16_bn(weights=None) if batch_norm else torchvision.models.vgg16(weights=None)
+        features = make_layers(cfgs["D"], batch_norm=batch_norm)  # torchvision's vgg16(_bn).features
+        for m in features.modules():  # torchvision's VGG initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        self._fc_init: Optional[Dict[str, Tensor]] = None
         if weights:
-            load_backbone_weights(net, weights)
-        # split features into the five conv blocks at the max-pools; drop pool5
+            state = load_backbone_weights(features, resolve_weights(weights), prefix="features.")
+            keys = {"fc6.weight": "classifier.0.weight", "fc6.bias": "classifier.0.bias",
+                    "fc7.weight": "classifier.3.weight", "fc7.bias": "classifier.3.bias"}
+            if all(v in state for v in keys.values()):
+                self._fc_init = {k: state[v] for k, v in keys.items()}
+        # split into the five conv blocks at the max-pools; pool5 is dropped
         stages, cur = [], []
-        for layer in net.features:
+        for layer in features:
             if isinstance(layer, nn.MaxPool2d):
-                if len(stages) < 4:  # pool1-pool4 end their block; pool5 is dropped
+                if len(stages) < 4:  # pool1-pool4 end their block
                     cur.append(layer)
                 stages.append(nn.Sequential(*cur))
                 cur = []
                 continue
             cur.append(layer)
         self.stages = nn.ModuleList(stages)
-        # the pretrained fc6/fc7 can initialise the recognition network (7x7x512 -> 4096 -> 4096)
-        self._fc_init = {
-            "fc6.weight": net.classifier[0].weight.detach().clone(),
-            "fc6.bias": net.classifier[0].bias.detach().clone(),
-            "fc7.weight": net.classifier[3].weight.detach().clone(),
-            "fc7.bias": net.classifier[3].bias.detach().clone(),
-        } if weights else None
         self.out_features = ["conv5"]
         self.out_channels = 512
         self.strides = {"conv5": 16}
@@ -48,7 +52,7 @@ class VGG16Backbone(Backbone):
         self.roi_features = ["conv5"]
         self.size_divisibility = 16
 
-    def pop_recognition_init(self):
+    def pop_recognition_init(self) -> Optional[Dict[str, Tensor]]:
         """Pretrained fc6/fc7 tensors for the recognition network (or None), handed over once."""
         init, self._fc_init = self._fc_init, None
         return init

@@ -60,18 +60,20 @@ def resolve_weights(spec: str) -> Dict[str, Tensor]:
     return obj
 
 
-def load_backbone_weights(module: nn.Module, spec: str) -> None:
-    """Load ``spec`` into ``module`` (the full torchvision network) with shape checks.
+def load_backbone_weights(module: nn.Module, spec, prefix: str = "") -> Dict[str, Tensor]:
+    """Load ``spec`` (a WEIGHTS string or an already loaded state dict) into ``module``.
 
-    Keys that do not exist in ``module`` are ignored (e.g. a classifier), missing ones keep their
-    initialisation; both are logged; a file that matches no key at all is an error.
+    Only keys starting with ``prefix`` are used (the prefix is stripped). Keys that do not exist
+    in ``module`` are ignored (e.g. a classifier), missing ones keep their initialisation; both
+    are logged; a file that matches no key at all is an error. Returns the full state dict.
     """
-    state = resolve_weights(spec)
+    state = resolve_weights(spec) if isinstance(spec, str) else spec
     own = module.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    bad_shape = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    usable = {k: v for k, v in sub.items() if k in own and own[k].shape == v.shape}
+    bad_shape = [k for k, v in sub.items() if k in own and own[k].shape != v.shape]
     if not usable:
-        raise ValueError(f"MODEL.BACKBONE.WEIGHTS={spec!r}: no parameter matches the backbone")
+        raise ValueError(f"MODEL.BACKBONE.WEIGHTS: no parameter matches the backbone (prefix {prefix!r})")
     missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
     module.load_state_dict(usable, strict=False)
     if bad_shape:
@@ -79,3 +81,4 @@ def load_backbone_weights(module: nn.Module, spec: str) -> None:
     if missing:
         logger.info("backbone weights: %d tensors not in the file keep their initialisation: %s", len(missing), missing[:5])
     logger.info("backbone weights: loaded %d tensors", len(usable))
+    return state
