@@ -8,7 +8,6 @@ recall >= t. One true positive out of npos=2 at rank 1 reaches recall 0.5 -> the
 import json
 import math
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -399,6 +398,37 @@ def test_evaluator_process_with_gt_from_inputs():
     e2.reset()
     with pytest.raises(ValueError, match="no ground truth for image 1"):
         DenseCapEvaluator(scorer=exact_scorer).process([{"image_id": 1}], [out1])
+
+
+def test_evaluator_with_gt_from_prepared_dataset(tmp_path):
+    from densecap.data.dataset import DenseCapDataset
+    from densecap.data.prepared import write_split
+
+    vocab = Vocabulary(["a", "cat", "dog"])
+    vocab.save(str(tmp_path / "vocab.json"))
+    a, c, d = (vocab.token_to_idx[w] for w in ("a", "cat", "dog"))
+    write_split(str(tmp_path), "val", image_ids=[5, 6], image_paths=["5.jpg", "6.jpg"], heights=[200, 200],
+                widths=[300, 300], region_counts=[2, 1], region_ids=np.arange(3),
+                boxes=np.array([[10.5, 20, 40, 60], [150, 100, 50, 50], [0, 0, 30, 30]], np.float32),
+                captions=np.array([[a, c], [d, 0], [c, 0]], np.int32), caption_lengths=np.array([2, 1, 1], np.int16))
+    ds = DenseCapDataset(str(tmp_path), "val")
+    e = DenseCapEvaluator(dataset=ds, scorer=exact_scorer)
+    out = _model_io(5, 1.0, [[0, 0, 1, 1]], [[a]], [[10.5, 20, 40, 60], [150, 100, 50, 50]], [0.9, 0.8],
+                    ["a cat", "cat"])[1]
+    e.process([{"image_id": 5}], [out])  # GT comes from the prepared split, not the inputs
+    res = e.evaluate()
+    assert res["num_images"] == 1 and res["npos"] == 2
+    assert res["detmap"] == pytest.approx(100.0) and res["map"] == pytest.approx(51.0)
+
+
+def test_frame_warning_for_720_scaled_predictions():
+    from densecap.evaluation.io import frame_warning
+
+    g = {i: gt([[100, 100, 900, 500]], ["x"]) for i in range(6)}
+    scaled = {i: pr([[50, 50, 600, 300]], [0.5], ["x"]) for i in range(6)}
+    same = {i: pr([[100, 100, 900, 500]], [0.5], ["x"]) for i in range(6)}
+    assert "720" in frame_warning(g, scaled)
+    assert frame_warning(g, same) is None
 
 
 def test_evaluator_gathers_across_ranks(monkeypatch):

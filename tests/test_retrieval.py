@@ -71,9 +71,9 @@ def test_embedding_head_learns_and_api():
         caps[i, : len(ids)] = torch.tensor(ids)
     proto = torch.randn(len(phrases), 24)
     head = EmbeddingHead(vocab_size=len(vocab), region_dim=24, embed_dim=16, word_size=16, hidden_size=16, margin=0.2)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(head.parameters(), lr=2e-2)
     first = None
-    for it in range(150):
+    for it in range(50):
         idx = torch.randint(len(phrases), (12,))
         codes = proto[idx] + 0.1 * torch.randn(12, 24)
         loss = head(codes, caps[idx])["loss_embed"]

@@ -56,7 +56,6 @@ the global ranking (the original's sort order on ties was unspecified).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
