@@ -39,7 +39,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
-    bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+    bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
     if bad:
         shown = {k: float(v.detach()) for k, v in loss_dict.items()}
         raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {bad}; all losses: {shown}")

@@ -68,6 +68,7 @@ class RetrievalModel:
         predictor=None,
         region_dim: Optional[int] = None,
         chunk_size: int = 4096,
+        logits_budget: int = 16_000_000,
     ) -> None:
         self.model = model.eval()
         self.vocab = model.vocab
@@ -76,6 +77,7 @@ class RetrievalModel:
         self.checkpoint = dict(checkpoint)
         self._predictor = predictor
         self.chunk_size = int(chunk_size)
+        self.logits_budget = int(logits_budget)
         if region_dim is None:
             region_dim = self.embedding_head.region_dim if self.embedding_head is not None else None
         if region_dim is None:
@@ -152,6 +154,12 @@ class RetrievalModel:
         return out
 
     # ---- scoring ---------------------------------------------------------------------------
+    def score_chunk(self, num_tokens: int) -> int:
+        """Regions scored per forward pass: ``chunk_size``, lowered so the (C, T+1, V) logits stay
+        within ``logits_budget`` elements (a 10k-word vocabulary would otherwise need GBs)."""
+        per_region = (int(num_tokens) + 2) * max(1, len(self.vocab))
+        return max(16, min(self.chunk_size, self.logits_budget // per_region))
+
     @torch.inference_mode()
     def score_codes(self, codes: np.ndarray, ids: torch.Tensor) -> np.ndarray:
         """float32 (N,) log-likelihood of the query ``ids`` (1, T) given each region code (N, D)."""
@@ -159,8 +167,9 @@ class RetrievalModel:
         out = np.empty(n, dtype=np.float32)
         dev = self.device
         q = ids.to(dev)
-        for a in range(0, n, self.chunk_size):
-            c = torch.from_numpy(np.array(codes[a : a + self.chunk_size], dtype=np.float32)).to(dev)  # C D (a copy: memmaps are read-only)
+        step = self.score_chunk(q.shape[1])
+        for a in range(0, n, step):
+            c = torch.from_numpy(np.array(codes[a : a + step], dtype=np.float32)).to(dev)  # C D (a copy: memmaps are read-only)
             ll = self.caption_head.score(c, q.expand(len(c), -1))  # C
             out[a : a + len(c)] = ll.float().cpu().numpy()
         return out
