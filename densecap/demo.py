@@ -6,6 +6,8 @@ Stages (each reuses what a previous run already finished, so a second run is qui
 2. ``train``: train ``configs/synthetic/densecap_small.yaml`` -> ``output/demo/model_final.pth``
 3. ``eval``:  DenseCap mAP on the test split -> ``output/demo/eval.json``
 4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/, index.html)
+5. ``retrieve``: index the test images (``output/demo/retrieval_index``) and run an example text
+   query in fast and exact mode -> ``output/demo/retrieval/`` (hits JSON and contact sheets)
 
 Run ``python -m densecap.demo --help`` for options (output dir, number of images, time budget).
 """
@@ -49,23 +51,23 @@ def dataset_opts(prepared: str, out: str):
     ]
 
 
-def stage_train(out: str, prepared: str, extra) -> str:
+def stage_train(out: str, prepared: str, config: str, extra) -> str:
     final = os.path.join(out, "model_final.pth")
     if os.path.exists(final):
         logger.info("train: reusing %s", final)
         return final
-    _run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG, "--resume",
+    _run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config, "--resume",
           *dataset_opts(prepared, out), *extra])
     return final
 
 
-def stage_eval(out: str, prepared: str, weights: str) -> dict:
+def stage_eval(out: str, prepared: str, config: str, weights: str) -> dict:
     path = os.path.join(out, "eval.json")
     if os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(weights):
         logger.info("eval: reusing %s", path)
         with open(path) as f:
             return json.load(f)
-    _run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG, "--eval-only",
+    _run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config, "--eval-only",
           *dataset_opts(prepared, out), "DATASETS.TEST", f"('{prepared}:test',)", "TEST.MAX_IMAGES", "0",
           "MODEL.WEIGHTS", weights])
     with open(path) as f:
@@ -87,11 +89,28 @@ def stage_infer(out: str, data: str, weights: str) -> str:
     return infer
 
 
+def stage_retrieve(out: str, data: str, weights: str, query: str) -> str:
+    index = os.path.join(out, "retrieval_index")
+    res = os.path.join(out, "retrieval")
+    with open(os.path.join(data, "densecap_splits.json")) as f:
+        test_ids = json.load(f)["test"]
+    inputs = [os.path.join(data, "images", f"{i}.jpg") for i in test_ids]
+    tool = os.path.join(ROOT, "tools", "retrieve.py")
+    # incremental: a second run skips the images already indexed with this checkpoint
+    _run([sys.executable, tool, "index", "--weights", weights, "--index", index, "--input", *inputs])
+    for mode in ("fast", "exact"):
+        _run([sys.executable, tool, "query", "--index", index, "--query", query, "--mode", mode, "--topk", "10",
+              "--json", os.path.join(res, f"{mode}.json"), "--output", os.path.join(res, mode)])
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
     p.add_argument("--num-images", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config-file", default=CONFIG, help="training config (default: the demo's)")
+    p.add_argument("--query", default="a red circle", help="example retrieval query")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for training")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s demo] %(message)s", datefmt="%H:%M:%S")
@@ -99,12 +118,13 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     prepared = stage_data(out, args.num_images, args.seed)
-    weights = stage_train(out, prepared, args.opts)
-    metrics = stage_eval(out, prepared, weights)
+    weights = stage_train(out, prepared, args.config_file, args.opts)
+    metrics = stage_eval(out, prepared, args.config_file, weights)
     infer = stage_infer(out, os.path.dirname(prepared), weights)
-    logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f; results in %s (open %s)", time.time() - t0,
-                metrics.get("map", float("nan")), metrics.get("detmap", float("nan")), out,
-                os.path.join(infer, "index.html"))
+    retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query)
+    logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f; results in %s (open %s; retrieval hits in %s)",
+                time.time() - t0, metrics.get("map", float("nan")), metrics.get("detmap", float("nan")), out,
+                os.path.join(infer, "index.html"), retrieval)
     return 0
 
 

@@ -371,3 +371,19 @@ def test_image_captioner_end_to_end(tmp_path):
     assert out[1]["attention"].shape[1:] == (4, 4)
     if out[1]["attention"].shape[0]:
         assert (out[1]["attention"][:, 3:, :] == 0).all()
+
+
+def test_attention_figure(tmp_path):
+    from densecap.inference.attention_maps import save_attention_figure, upsample_attention
+
+    att = np.zeros((2, 2), np.float32)
+    att[0, 1] = 1.0  # top-right cell
+    # cells of 10 px from the top-left: the grid covers 20x20 of a 15x30 image (the rest is off-grid)
+    up = upsample_attention(att, (15, 30), cell=(10, 10))
+    assert up.shape == (15, 30)
+    assert up[2, 17] > 0.99 * up.max() and up[2, 2] < 0.1 and (up[:, 20:] == 0).all()
+    stretched = upsample_attention(att, (20, 40))  # no cell: the grid spans the image
+    assert stretched[5, 35] > 0.9 * stretched.max() and stretched[15, 10] == 0
+    img = np.zeros((15, 30, 3), np.uint8)
+    path = save_attention_figure(str(tmp_path / "a.png"), img, ["a", "star"], np.stack([att, att.T]), cell=(10, 10))
+    assert Image.open(path).size[0] > 100

@@ -196,9 +196,9 @@ def test_roi_align_sampler_trains():
 
 
 # ---- caption head -----------------------------------------------------------------------------
-def caption_head(decoder="lstm", seed=0):
+def caption_head(decoder="lstm", seed=0, every_step=False):
     torch.manual_seed(seed)
-    cfg = tiny_cfg(**{"MODEL.CAPTION.DECODER": decoder})
+    cfg = tiny_cfg(**{"MODEL.CAPTION.DECODER": decoder, "MODEL.CAPTION.CODE_EVERY_STEP": every_step})
     from densecap.modeling.language_model import build_caption_decoder
 
     head = build_caption_decoder(cfg, VOCAB, input_dim=10)
@@ -227,9 +227,9 @@ def manual_greedy(head, code, max_len):
     return words, total
 
 
-@pytest.mark.parametrize("decoder", ["lstm", "gru"])
-def test_beam_one_equals_greedy(decoder):
-    head = caption_head(decoder)
+@pytest.mark.parametrize("decoder,every_step", [("lstm", False), ("gru", False), ("lstm", True)])
+def test_beam_one_equals_greedy(decoder, every_step):
+    head = caption_head(decoder, every_step=every_step)
     codes = torch.randn(9, 10)
     tokens, logprobs = head.generate(codes, beam_size=1)
     assert tokens.shape == (9, 6) and logprobs.shape == (9,)
@@ -257,8 +257,9 @@ def test_batched_beam_search_equals_per_image():
     assert top.shape == (8, 2, 6) and torch.all(top_lp[:, 0] >= top_lp[:, 1])
 
 
-def test_score_agrees_with_teacher_forced_loss():
-    head = caption_head().train()
+@pytest.mark.parametrize("every_step", [False, True])
+def test_score_agrees_with_teacher_forced_loss(every_step):
+    head = caption_head(every_step=every_step).train()
     codes = torch.randn(5, 10)
     caps = torch.tensor([[4, 5, 6, 0, 0], [7, 0, 0, 0, 0], [8, 9, 10, 11, 12], [4, 4, 0, 0, 0], [15, 5, 0, 0, 0]])
     loss = head.loss(codes, caps)
@@ -270,7 +271,7 @@ def test_score_agrees_with_teacher_forced_loss():
     tok, total = torch.tensor([START]), 0.0
     for t in [4, 5, 6, END]:
         lp, state = head.step(state, tok)
-        total += float(lp[0, t])
+        total += lp[0, t].item()
         tok = torch.tensor([t])
     assert s[0].item() == pytest.approx(total, abs=1e-4)
     # generated captions score to their reported log-probabilities
@@ -391,3 +392,16 @@ def test_local_weights_file_and_freeze_at(tmp_path):
         assert torch.equal(model.backbone.state_dict()[k], v), k
     frozen = [all(not p.requires_grad for p in s.parameters()) for s in model.backbone.stages]
     assert frozen == [True, True, False, False]
+
+
+def test_small_cnn_rgb_skip_carries_the_input_colour():
+    cfg = tiny_cfg(**{"MODEL.BACKBONE.RGB_SKIP": True, "MODEL.BACKBONE.STRIDE": 8})
+    model = build_model(cfg, VOCAB).eval()
+    assert model.backbone.out_channels == 2 * 16 + 3
+    images, _ = model.preprocess_image(make_inputs(1, size=64))
+    out = model.backbone(images)["out"]  # 1 C 8 8
+    assert out.shape == (1, 35, 8, 8)
+    expected = images[0, :, :8, :8].mean(dim=(1, 2))  # the top-left 8 x 8 cell
+    assert torch.allclose(out[0, -3:, 0, 0], expected, atol=1e-5)
+    losses = train_step(model, make_inputs(2))
+    assert all(torch.isfinite(v) for v in losses.values())

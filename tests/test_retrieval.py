@@ -251,6 +251,34 @@ def test_compact_merges_shards(tmp_path):
     assert len(RegionIndex.open(index.root).shards) == 2 and RegionIndex.open(index.root).num_regions == 10
 
 
+@pytest.mark.parametrize("decoder", ["lstm", "gru"])
+def test_score_captions_prefix_tree_equals_score(decoder):
+    from densecap.modeling.language_model import GRUCaptionDecoder, LSTMCaptionDecoder
+
+    vocab = Vocabulary(WORDS)
+    torch.manual_seed(1)
+    cls = LSTMCaptionDecoder if decoder == "lstm" else GRUCaptionDecoder
+    head = cls(vocab_size=len(vocab), input_dim=12, embed_size=8, hidden_size=8).eval()
+    model = nn.Module()
+    model.vocab, model.caption_head = vocab, head
+    rm = RetrievalModel(model, checkpoint={"path": "p", "sha256": "s"}, region_dim=12, chunk_size=7)
+    phrases = ["a red circle", "a red", "a red circle left of a blue square", "a red", "blue", "a small star"]
+    caps = rm.encode_captions(phrases)
+    codes = np.abs(np.random.default_rng(0).standard_normal((23, 12))).astype(np.float32)
+    got = rm.score_captions(codes, caps)
+    assert rm._stepper.kind == decoder and rm._stepper.usable
+    with torch.no_grad():
+        want = np.stack([head.score(torch.from_numpy(codes), caps[i : i + 1].expand(23, -1)).numpy() for i in range(6)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rm.score_codes(codes, caps[2:3]), want[2], rtol=1e-5, atol=1e-5)
+    # a decoder without the recurrent internals or a step interface: plain score()
+    fake = RetrievalModel(FakeModel(vocab), checkpoint={"path": "p", "sha256": "s"}, region_dim=len(vocab))
+    ids = fake.encode_captions(["a red circle", "a blue square"])
+    codes = np.stack([_bow(fake.vocab, "a red circle"), _bow(fake.vocab, "a blue star")])
+    np.testing.assert_allclose(fake.score_captions(codes, ids), [[0, -4], [-4, -2]])
+    assert not fake._stepper.usable
+
+
 def test_oov_reported(tmp_path, capsys):
     from densecap.retrieval.cli import print_result
 
@@ -556,6 +584,14 @@ def test_train_embedding_second_stage(tiny, tiny_split, tmp_path):
     assert hist["pairs"] == 24 and hist["steps"] == 60
     rm = RetrievalModel.from_checkpoint(out)
     assert rm.embedding_head is not None and rm.embed_dim == 8
+    # the extracted pairs are cached next to the output and reused by a re-run
+    assert os.path.isfile(out + ".pairs.npz")
+    from densecap.retrieval.train import train_embedding
+
+    again = train_embedding(tiny["ckpt"], str(tiny_split), str(tmp_path / "again.pth"), steps=5, batch_size=8)
+    assert again["pairs"] == 24
+    os.replace(out + ".pairs.npz", str(tmp_path / "again.pth.pairs.npz"))
+    assert train_embedding(tiny["ckpt"], str(tiny_split), str(tmp_path / "again.pth"), steps=5)["extract_seconds"] < 1.0
 
 
 # ------------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ _C.MODEL.BACKBONE.NORM = ""
 _C.MODEL.BACKBONE.WIDTH = 64
 # Output stride of the small CPU backbone (small_cnn only): 8 (dilated context layers) or 16.
 _C.MODEL.BACKBONE.STRIDE = 16
+# small_cnn only: append the input's colour averaged over each stride x stride cell (3 channels)
+# to the output features, so region codes always see colour (detection training alone makes
+# learned features colour-invariant).
+_C.MODEL.BACKBONE.RGB_SKIP = False
 
 _C.MODEL.FPN = CfgNode()
 _C.MODEL.FPN.OUT_CHANNELS = 256
@@ -106,6 +110,9 @@ _C.MODEL.CAPTION.MAX_TOKENS = 15
 _C.MODEL.CAPTION.LOSS_WEIGHT = 1.0
 # Optional GloVe/word2vec text file to initialise word embeddings from.
 _C.MODEL.CAPTION.WORD_VECTORS = ""
+# Append the projected region code to the LSTM input at every step (not only at step 0 as the
+# original): a direct path from the region to each word; grounds colour/shape words much faster.
+_C.MODEL.CAPTION.CODE_EVERY_STEP = False
 
 # Whole-image caption head (densecap/modeling/image_caption): Show and Tell (NIC) and Show,
 # Attend and Tell (soft / hard attention). Used by the standalone "ImageCaptioner"

@@ -61,7 +61,8 @@ def attention_figure(
     """A matplotlib Figure: the image and caption, then one panel per word with its map.
 
     image uint8 (H, W, 3) RGB; attention (T, h, w) with T >= len(words); see
-    :func:`upsample_attention` for ``cell`` and ``sigma``. Each map is scaled to its maximum.
+    :func:`upsample_attention` for ``cell`` and ``sigma``. Each map is min-max scaled (its least
+    attended pixel on the image = 0, its most attended = 1), as the figures of Xu et al.
     """
     import matplotlib
 
@@ -82,7 +83,8 @@ def attention_figure(
     for t, word in enumerate(words):
         ax = axes[(t + 1) // cols, (t + 1) % cols]
         m = upsample_attention(attention[t], (H, W), cell, sigma)
-        m = m / max(float(m.max()), 1e-8)
+        lo = float(m.min())
+        m = np.clip((m - lo) / max(float(m.max()) - lo, 1e-8), 0.0, 1.0)  # min-max per word, as Xu et al.'s figures
         ax.imshow(image)
         ax.imshow(m, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
         ax.set_title(word, fontsize=10)

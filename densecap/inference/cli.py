@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON {image name or path: [[x,y,w,h], ...]} in original pixels: caption these boxes, no RPN")
     g.add_argument("--extract-features", action="store_true", help="write features/<name>.npz (boxes, region codes, ...)")
     g.add_argument("--image-caption", action="store_true", help="also caption the whole image (needs an image-caption head)")
+    g.add_argument("--num-captions", type=int, default=None, metavar="N",
+                   help="with --image-caption: the top N whole-image captions (MODEL.IMAGE_CAPTION.NUM_CAPTIONS, 1)")
+    g.add_argument("--attention-maps", action="store_true",
+                   help="with --image-caption on an attention model: attention/<name>.png, each word's map over the image")
     g.add_argument("--no-vis", action="store_true", help="no overlays and no index.html (results.json only)")
     g.add_argument("--topk", type=int, default=10, help="boxes drawn per image in overlays and shown first in the viewer (0 = all)")
     g = p.add_argument_group("test-time options (default: the config's)")
@@ -171,6 +175,9 @@ class _Outputs:
             os.makedirs(os.path.join(self.out_dir, "vis"), exist_ok=True)
         if args.extract_features:
             os.makedirs(os.path.join(self.out_dir, "features"), exist_ok=True)
+        self.attention_maps = bool(getattr(args, "attention_maps", False))
+        if self.attention_maps:
+            os.makedirs(os.path.join(self.out_dir, "attention"), exist_ok=True)
 
     def add(self, item: InputItem, image: np.ndarray, pred: Prediction) -> None:
         from .features import save_features
@@ -190,6 +197,13 @@ class _Outputs:
         )
         if self.args.extract_features:
             save_features(os.path.join(self.out_dir, "features", item.name + ".npz"), pred, item.img_name)
+        att = pred.extra.get("image_caption_attention")
+        if self.attention_maps and att is not None and pred.image_caption is not None:
+            from .attention_maps import save_attention_figure
+
+            save_attention_figure(os.path.join(self.out_dir, "attention", item.name + ".png"), image,
+                                  pred.image_caption.split(), att, caption=pred.image_caption,
+                                  cell=pred.extra.get("image_caption_attention_cell"))
         if self.vis or self.window:
             canvas = draw_dense_captions(image, pred.boxes, pred.captions, topk=self.args.topk, image_caption=pred.image_caption)
             if self.vis:
@@ -286,6 +300,8 @@ def _options_summary(args, predictor: DenseCapPredictor) -> Dict[str, Any]:
         "batch_size": args.batch_size,
         "extract_features": bool(args.extract_features),
         "image_caption": bool(args.image_caption),
+        "num_captions": args.num_captions,
+        "attention_maps": bool(args.attention_maps),
         "device": str(predictor.device),
         "image_size": predictor.image_size,
         "score_thresh": predictor.score_thresh,
@@ -317,10 +333,13 @@ def build_predictor(args) -> DenseCapPredictor:
 
 
 def _build_predictor(args) -> DenseCapPredictor:
+    opts = list(args.opts or [])
+    if args.num_captions is not None:  # top-N whole-image captions (the beam widens to N if needed)
+        opts += ["MODEL.IMAGE_CAPTION.NUM_CAPTIONS", int(args.num_captions)]
     return DenseCapPredictor.from_checkpoint(
         args.weights,
         config_file=args.config_file or None,
-        opts=args.opts,
+        opts=opts,
         image_caption=args.image_caption,
         batch_size=args.batch_size,
         image_size=args.image_size,
@@ -358,6 +377,10 @@ def check_args(args) -> None:
         raise UsageError(f"--max-frames must be >= 0, got {args.max_frames}")
     if args.opts and len(args.opts) % 2:
         raise UsageError(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    if args.num_captions is not None and args.num_captions < 1:
+        raise UsageError(f"--num-captions must be >= 1, got {args.num_captions}")
+    if (args.num_captions is not None or args.attention_maps) and not args.image_caption:
+        raise UsageError("--num-captions and --attention-maps need --image-caption")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"--output {args.output} exists and is not a folder")
 

@@ -422,6 +422,12 @@ class DenseCapPredictor:
         )
         if self.image_caption or out.get("image_caption") is not None:
             _read_image_caption(out, pred)
+            if out.get("attention") is not None:  # attention models: the per-word maps (--attention-maps)
+                pred.extra["image_caption_attention"] = _np(out["attention"], np.float32)  # T h w
+                cell = out.get("attention_cell")
+                if cell is not None:  # pixels of one attention cell, in the original image
+                    s = float(inp.get("scale", 1.0)) or 1.0
+                    pred.extra["image_caption_attention_cell"] = (float(cell[0]) / s, float(cell[1]) / s)
         return pred
 
 

@@ -65,9 +65,10 @@ class ImageCaptioner(nn.Module):
                                attention cell, the grid starting at the top-left; None for NIC
         image_id               the input's image_id (None if absent)
 
-    Decoding options (set from ``MODEL.IMAGE_CAPTION`` at build time, changeable as attributes):
-    ``beam_size``, ``max_len`` (tokens incl. END), ``num_captions``, ``length_penalty``,
-    ``block_repeats``.
+    Decoding options (set from ``MODEL.IMAGE_CAPTION`` at build time, changeable as attributes;
+    named apart from the region captioner's ``beam_size``, which follows TEST.BEAM_SIZE):
+    ``caption_beam_size``, ``caption_max_len`` (tokens incl. END), ``num_captions``,
+    ``length_penalty``, ``block_repeats``.
     """
 
     def __init__(
@@ -95,8 +96,8 @@ class ImageCaptioner(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.train_captions = train_captions
-        self.beam_size = int(beam_size)
-        self.max_len = int(max_len)
+        self.caption_beam_size = int(beam_size)
+        self.caption_max_len = int(max_len)
         self.num_captions = int(num_captions)
         self.length_penalty = float(length_penalty)
         self.block_repeats = block_repeats
@@ -157,8 +158,8 @@ class ImageCaptioner(nn.Module):
         out = self.head.generate(
             feats,
             mask,
-            beam_size=self.beam_size,
-            max_len=self.max_len,
+            beam_size=self.caption_beam_size,
+            max_len=self.caption_max_len,
             num_captions=self.num_captions,
             length_penalty=self.length_penalty,
             block_repeats=self.block_repeats,

@@ -2,7 +2,9 @@
 
 The original's language model: step 0 reads ``ReLU(Linear(region_code))``, step 1 reads the START
 token, then the words; one recurrent layer, 512 hidden / 512 embedding by default, LSTM
-forget-gate bias 1, no dropout.
+forget-gate bias 1, no dropout. ``MODEL.CAPTION.CODE_EVERY_STEP`` additionally appends the
+projected code to the input of every step (a direct path from the region to every word, which
+grounds the words much faster when training from scratch).
 
 Caption tensors everywhere (``gt_captions``, ``generate()`` output, ``score()`` input) hold word ids
 only: int64 (N, T), left-aligned, 0-padded, no START/END. The model predicts the words and then
@@ -103,16 +105,18 @@ class CaptionDecoder(nn.Module):
         num_layers: int = 1,
         dropout: float = 0.0,
         max_tokens: int = 15,
+        code_every_step: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = int(vocab_size)
+        self.code_every_step = bool(code_every_step)
         self.max_tokens = int(max_tokens)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
         self.image_proj = nn.Sequential(nn.Linear(input_dim, embed_size), nn.ReLU(inplace=True))
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.rnn = self.rnn_cls(
-            embed_size, hidden_size, num_layers=num_layers, batch_first=True,
+            embed_size * (2 if self.code_every_step else 1), hidden_size, num_layers=num_layers, batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(dropout)
@@ -131,6 +135,7 @@ class CaptionDecoder(nn.Module):
         dec = cls(
             vocab_size=len(vocab), input_dim=input_dim, embed_size=c.EMBED_SIZE, hidden_size=c.HIDDEN_SIZE,
             num_layers=c.NUM_LAYERS, dropout=c.DROPOUT, max_tokens=c.MAX_TOKENS,
+            code_every_step=c.CODE_EVERY_STEP,
         )
         if c.WORD_VECTORS:
             dec.init_embeddings(c.WORD_VECTORS, vocab)
@@ -150,13 +155,20 @@ class CaptionDecoder(nn.Module):
         logits = self.out(self.drop(hidden))  # ... V
         return logits.masked_fill(self._never, float("-inf"))
 
+    def _with_code(self, x: Tensor, code: Optional[Tensor]) -> Tensor:
+        """RNN input: x (N, L, E), with the projected code appended at every step if configured."""
+        if code is None:
+            return x
+        return torch.cat([x, code[:, None, :].expand(-1, x.shape[1], -1)], dim=2)  # N L 2E
+
     def forward(self, region_codes: Tensor, captions: Tensor) -> Tensor:
         """Teacher-forced logits (N, T+1, V) for targets ``caption_targets(captions)``."""
         n = region_codes.shape[0]
-        x0 = self.image_proj(region_codes)[:, None, :]  # N 1 E
+        p = self.image_proj(region_codes)  # N E
         start = self.embed(captions.new_full((n, 1), START))  # N 1 E
         words = self.embed(captions)  # N T E
-        out, _ = self.rnn(torch.cat([x0, start, words], dim=1))  # N T+2 H
+        x = torch.cat([p[:, None, :], start, words], dim=1)  # N T+2 E
+        out, _ = self.rnn(self._with_code(x, p if self.code_every_step else None))  # N T+2 H
         return self._logits(out[:, 1:])  # N T+1 V
 
     @staticmethod
@@ -192,15 +204,20 @@ class CaptionDecoder(nn.Module):
         return state.transpose(0, 1).contiguous()
 
     def init_state(self, region_codes: Tensor) -> Any:
-        """Decoder state after reading the projected region code (batch-first tensors)."""
-        _, state = self.rnn(self.image_proj(region_codes)[:, None, :])
-        return self._to_batch_first(state)
+        """Decoder state after reading the projected region code: (rnn state, code or None),
+        batch-first tensors."""
+        p = self.image_proj(region_codes)  # N E
+        code = p if self.code_every_step else None
+        _, state = self.rnn(self._with_code(p[:, None, :], code))
+        return (self._to_batch_first(state), code)
 
     def step(self, state: Any, tokens: Tensor) -> Tuple[Tensor, Any]:
         """One decoding step: (state, tokens (B,)) -> (logprobs (B, V), new state)."""
-        out, new = self.rnn(self.embed(tokens)[:, None, :], self._to_rnn(state))  # B 1 H
+        rnn_state, code = state
+        x = self._with_code(self.embed(tokens)[:, None, :], code)  # B 1 E'
+        out, new = self.rnn(x, self._to_rnn(rnn_state))  # B 1 H
         logp = torch.log_softmax(self._logits(out[:, 0]).float(), dim=-1)  # B V
-        return logp, self._to_batch_first(new)
+        return logp, (self._to_batch_first(new), code)
 
     @torch.no_grad()
     def generate(

@@ -8,7 +8,7 @@ Shapes: N: images, H, W: padded input size, R: regions, D: region code dim, T: c
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from densecap.modeling.registry import Registry
@@ -84,6 +84,7 @@ class DenseCapModel(nn.Module):
         beam_size: int = 1,
         max_caption_len: int = 15,
         length_alpha: float = 0.0,
+        embedding_head: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -97,6 +98,8 @@ class DenseCapModel(nn.Module):
         self.beam_size = int(beam_size)
         self.max_caption_len = int(max_caption_len)
         self.length_alpha = float(length_alpha)
+        # optional joint region-sentence embedding for retrieval (MODEL.EMBEDDING.ENABLED)
+        self.embedding_head = embedding_head
 
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "DenseCapModel":
@@ -104,11 +107,17 @@ class DenseCapModel(nn.Module):
         rpn = RPN.from_config(cfg, backbone)
         roi_heads = DenseCapROIHeads.from_config(cfg, backbone)
         caption_head = build_caption_decoder(cfg, vocab, roi_heads.recognition.out_dim)
+        embedding_head = None
+        if cfg.MODEL.EMBEDDING.ENABLED:
+            from densecap.retrieval.embedding import build_embedding_head
+
+            embedding_head = build_embedding_head(cfg, vocab, roi_heads.recognition.out_dim)
         return cls(
             backbone=backbone, rpn=rpn, roi_heads=roi_heads, caption_head=caption_head, vocab=vocab,
             pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
             caption_loss_weight=cfg.MODEL.CAPTION.LOSS_WEIGHT, beam_size=cfg.TEST.BEAM_SIZE,
             max_caption_len=cfg.MODEL.CAPTION.MAX_TOKENS, length_alpha=cfg.TEST.LENGTH_ALPHA,
+            embedding_head=embedding_head,
         )
 
     @property
@@ -152,6 +161,8 @@ class DenseCapModel(nn.Module):
         roi_losses, codes, captions = self.roi_heads.forward_train(features, samples)
         losses.update(roi_losses)
         losses["loss_caption"] = self.caption_loss_weight * self.caption_head.loss(codes, captions)
+        if self.embedding_head is not None:
+            losses.update(self.embedding_head(codes, captions))  # {"loss_embed"}; codes detached inside
         return losses
 
     @torch.no_grad()

@@ -157,7 +157,10 @@ class EmbeddingHead(nn.Module):
         if region_codes.shape[0] < 2:  # no negatives: a zero loss that still touches every parameter
             zero = sum(q.sum() for q in self.parameters()) * 0.0
             return {"loss_embed": zero}
-        scores = self.embed_regions(region_codes) @ self.embed_sentences(captions).t()  # P P
+        # identical captions (several positives of one GT box) are encoded once and are not negatives
+        uniq, inv = torch.unique(captions, dim=0, return_inverse=True)  # U T, P
+        sentences = self.embed_sentences(uniq)[inv]  # P E
+        scores = self.embed_regions(region_codes) @ sentences.t()  # P P
         loss = ranking_loss(scores, self.margin, positive_mask=same_caption_mask(captions), reduction="mean")
         return {"loss_embed": loss * self.loss_weight}
 

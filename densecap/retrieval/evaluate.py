@@ -98,6 +98,23 @@ def _best_per_image(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) 
 # ------------------------------------------------------------------------------------------
 # the protocol
 # ------------------------------------------------------------------------------------------
+def _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts) -> None:
+    from densecap.data.image_io import ImageReadError
+
+    for a in range(0, len(pool), batch_size):
+        idx = pool[a : a + batch_size]
+        preds = rmodel.predictor.predict_paths([data.path(int(i)) for i in idx])
+        for i, p in zip(idx, preds):
+            if isinstance(p, ImageReadError):
+                logger.warning("retrieval eval: %s (the image stays in the pool with no boxes)", p)
+                counts.append(0)
+                continue
+            n = min(int(boxes_per_image), len(p.captions))
+            boxes.append(np.asarray(p.boxes[:n], np.float32).reshape(n, 4))
+            codes.append(np.asarray(p.region_codes[:n], np.float32).reshape(n, -1))
+            counts.append(n)
+
+
 def evaluate_retrieval(
     rmodel,
     prepared_dir: str,
@@ -112,8 +129,6 @@ def evaluate_retrieval(
     batch_size: int = 4,
 ) -> Dict[str, Any]:
     """Run the protocol (module docstring) with a :class:`~densecap.retrieval.search.RetrievalModel`."""
-    from densecap.data.image_io import ImageReadError
-
     t0 = time.perf_counter()
     data = load_split(prepared_dir, split)
     data_vocab = load_vocab(prepared_dir)
@@ -121,20 +136,12 @@ def evaluate_retrieval(
     n_img = min(int(num_images), len(data)) if num_images > 0 else len(data)
     pool = np.sort(rng.choice(len(data), n_img, replace=False))
 
-    # 1. boxes and region codes of the pool
+    # 1. boxes and region codes of the pool (generated captions are not needed: one-token decoding)
+    from .search import codes_only
+
     boxes, codes, counts = [], [], []
-    for a in range(0, n_img, batch_size):
-        idx = pool[a : a + batch_size]
-        preds = rmodel.predictor.predict_paths([data.path(int(i)) for i in idx])
-        for i, p in zip(idx, preds):
-            if isinstance(p, ImageReadError):
-                logger.warning("retrieval eval: %s (the image stays in the pool with no boxes)", p)
-                counts.append(0)
-                continue
-            n = min(int(boxes_per_image), len(p.captions))
-            boxes.append(np.asarray(p.boxes[:n], np.float32).reshape(n, 4))
-            codes.append(np.asarray(p.region_codes[:n], np.float32).reshape(n, -1))
-            counts.append(n)
+    with codes_only(rmodel.model):
+        _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts)
     counts = np.asarray(counts, np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)  # R 4
@@ -162,10 +169,7 @@ def evaluate_retrieval(
 
     # 3. exact: log-likelihood of every caption with every region
     t1 = time.perf_counter()
-    ll = np.zeros((len(uniq), len(codes)), np.float32)  # U R
-    for u in range(len(uniq)):
-        row = cap_ids[u : u + 1]
-        ll[u] = rmodel.score_codes(codes, row[:, : int((row != 0).sum())])
+    ll = rmodel.score_captions(codes, cap_ids) if len(uniq) else np.zeros((0, len(codes)), np.float32)  # U R
     t_exact = time.perf_counter() - t1
     best, arg = _best_per_image(ll, starts, counts)  # U J
 

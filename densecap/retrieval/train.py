@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any, Dict, Optional
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from densecap.data.prepared import load_split, load_vocab
+from densecap.utils.io import atomic_open
 
 from .embedding import build_embedding_head
 
@@ -37,7 +39,7 @@ def extract_gt_codes(rmodel, prepared_dir: str, split: str = "train", *, num_ima
                      batch_size: int = 8) -> Dict[str, np.ndarray]:
     """Region codes (P, D) of the GT boxes of ``num_images`` random images and their captions (P, T),
     re-encoded with the model's vocabulary."""
-    from densecap.data.image_io import ImageReadError
+    from .search import codes_only
 
     data = load_split(prepared_dir, split)
     data_vocab = load_vocab(prepared_dir)
@@ -45,6 +47,16 @@ def extract_gt_codes(rmodel, prepared_dir: str, split: str = "train", *, num_ima
     n = len(data) if num_images <= 0 else min(num_images, len(data))
     pick = np.sort(rng.choice(len(data), n, replace=False))
     codes, caps = [], []
+    with codes_only(rmodel.model):
+        _extract(rmodel, data, data_vocab, pick, batch_size, codes, caps)
+    ids = rmodel.encode_captions(caps).numpy() if caps else np.zeros((0, 1), np.int64)
+    return {"codes": np.concatenate(codes) if codes else np.zeros((0, rmodel.region_dim), np.float32), "captions": ids}
+
+
+def _extract(rmodel, data, data_vocab, pick, batch_size, codes, caps) -> None:
+    from densecap.data.image_io import ImageReadError
+
+    n = len(pick)
     for a in range(0, n, batch_size):
         idx = [int(i) for i in pick[a : a + batch_size] if data.regions(int(i)).stop > data.regions(int(i)).start]
         if not idx:
@@ -56,13 +68,12 @@ def extract_gt_codes(rmodel, prepared_dir: str, split: str = "train", *, num_ima
                 continue
             codes.append(np.asarray(p.region_codes, np.float32))
             caps.extend(data.caption_strings(i, data_vocab))
-    ids = rmodel.encode_captions(caps).numpy() if caps else np.zeros((0, 1), np.int64)
-    return {"codes": np.concatenate(codes) if codes else np.zeros((0, rmodel.region_dim), np.float32), "captions": ids}
 
 
 def fit_embedding_head(head, codes: np.ndarray, captions: np.ndarray, *, steps: int = 2000, batch_size: int = 128,
                        lr: float = 1e-3, max_seconds: float = 0.0, seed: int = 0, log_every: int = 200) -> Dict[str, Any]:
-    """Adam on random batches of pairs; cosine learning-rate decay. Returns the loss history."""
+    """Adam on random batches of pairs, cosine learning-rate decay over ``steps`` or ``max_seconds``
+    (whichever ends first). Returns the loss history."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = torch.from_numpy(np.asarray(codes, np.float32))  # P D
@@ -76,8 +87,11 @@ def fit_embedding_head(head, codes: np.ndarray, captions: np.ndarray, *, steps: 
     history, window = [], []
     step = 0
     for step in range(1, steps + 1):
+        progress = (step - 1) / steps  # cosine decay over the steps or the time budget, whichever ends first
+        if max_seconds:
+            progress = max(progress, (time.perf_counter() - t0) / max_seconds)
         for grp in opt.param_groups:
-            grp["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
+            grp["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         b = torch.randint(p, (min(batch_size, p),), generator=g)
         loss = head(x[b], y[b])["loss_embed"]
         if not torch.isfinite(loss):
@@ -125,7 +139,18 @@ def train_embedding(weights: str, prepared_dir: str, output: str, *, split: str 
     cfg.defrost()
     cfg.MODEL.EMBEDDING.ENABLED = True
     t0 = time.perf_counter()
-    train = extract_gt_codes(rmodel, prepared_dir, split, num_images=num_images, seed=seed)
+    cache = output + ".pairs.npz"  # the extracted pairs, reused by a re-run with the same inputs
+    key = np.array(f"{rmodel.checkpoint['sha256']}|{os.path.abspath(prepared_dir)}|{split}|{num_images}|{seed}")
+    train = None
+    if os.path.isfile(cache):
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == str(key):
+                train = {"codes": z["codes"], "captions": z["captions"]}
+                logger.info("embedding: reusing the %d pairs of %s", len(train["codes"]), cache)
+    if train is None:
+        train = extract_gt_codes(rmodel, prepared_dir, split, num_images=num_images, seed=seed)
+        with atomic_open(cache, "wb") as f:
+            np.savez(f, key=key, codes=train["codes"], captions=train["captions"])
     t_extract = time.perf_counter() - t0
     logger.info("embedding: %d training pairs from %s:%s in %.0f s", len(train["codes"]), prepared_dir, split, t_extract)
     torch.manual_seed(seed)
@@ -135,7 +160,7 @@ def train_embedding(weights: str, prepared_dir: str, output: str, *, split: str 
     summary: Dict[str, Any] = {"pairs": int(len(train["codes"])), "extract_seconds": t_extract, **fit}
     summary["train_recall@10"] = pair_recall(head, train["codes"], train["captions"])
     try:
-        val = extract_gt_codes(rmodel, prepared_dir, val_split, num_images=200, seed=seed)
+        val = extract_gt_codes(rmodel, prepared_dir, val_split, num_images=100, seed=seed)
         if len(val["codes"]) >= 2:
             summary["val_recall@10"] = pair_recall(head, val["codes"], val["captions"])
     except FileNotFoundError:

@@ -10,12 +10,19 @@ Plain 3x3 conv + norm + ReLU stages (width ``w = MODEL.BACKBONE.WIDTH``)::
 
 ``MODEL.BACKBONE.STRIDE`` picks 8 or 16; ``MODEL.BACKBONE.NORM``: "" or "GN" (default), "BN",
 "none". Meant to be trained from scratch (``WEIGHTS`` empty).
+
+``MODEL.BACKBONE.RGB_SKIP`` appends the normalised input averaged over each stride x stride cell
+(3 channels) to the output: class-agnostic detection training quickly makes learned features
+colour-invariant (a linear probe of the pooled features reads the object colour at chance level
+after ~1000 iterations), while captions need the colour; this path keeps it.
 """
 from __future__ import annotations
 
 import logging
 from typing import Dict, List
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import BACKBONE_REGISTRY, Backbone, norm_layer_factory
@@ -35,7 +42,7 @@ def _conv(cin: int, cout: int, norm, stride: int = 1, dilation: int = 1) -> List
 
 
 class SmallCNN(Backbone):
-    def __init__(self, *, width: int = 64, stride: int = 8, norm: str = "GN") -> None:
+    def __init__(self, *, width: int = 64, stride: int = 8, norm: str = "GN", rgb_skip: bool = False) -> None:
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"small_cnn: MODEL.BACKBONE.STRIDE must be 8 or 16, got {stride}")
@@ -51,28 +58,35 @@ class SmallCNN(Backbone):
             s4 = nn.Sequential(*_conv(2 * w, 4 * w, nl, stride=2), *_conv(4 * w, 4 * w, nl))
             cout = 4 * w
         self.stages = nn.ModuleList([s1, s2, s3, s4])
+        self.rgb_skip = bool(rgb_skip)
+        self.stride = int(stride)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self.out_features = ["out"]
-        self.out_channels = cout
+        self.out_channels = cout + (3 if self.rgb_skip else 0)
         self.strides = {"out": int(stride)}
         self.rpn_features = ["out"]
         self.roi_features = ["out"]
         self.size_divisibility = int(stride)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        img = x
         for stage in self.stages:
             x = stage(x)
+        if self.rgb_skip:
+            rgb = F.avg_pool2d(img, self.stride, ceil_mode=True)  # N 3 H/s W/s
+            x = torch.cat([x, rgb[:, :, : x.shape[2], : x.shape[3]]], dim=1)
         return {"out": x}
 
 
 @BACKBONE_REGISTRY.register("small_cnn")
 def build_small_cnn(cfg) -> Backbone:
     net = SmallCNN(
-        width=cfg.MODEL.BACKBONE.WIDTH, stride=cfg.MODEL.BACKBONE.STRIDE, norm=cfg.MODEL.BACKBONE.NORM
+        width=cfg.MODEL.BACKBONE.WIDTH, stride=cfg.MODEL.BACKBONE.STRIDE, norm=cfg.MODEL.BACKBONE.NORM,
+        rgb_skip=cfg.MODEL.BACKBONE.RGB_SKIP,
     )
     if cfg.MODEL.BACKBONE.WEIGHTS:
         load_backbone_weights(net, cfg.MODEL.BACKBONE.WEIGHTS)
