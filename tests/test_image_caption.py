@@ -122,8 +122,8 @@ def test_doubly_stochastic_loss_uses_lambda():
         head = make_head("sat_soft", DOUBLY_STOCHASTIC_WEIGHT=lam).train()
         out = head.decode_teacher(f, CAPS)
         pen = doubly_stochastic_penalty(out["alpha"], out["step_mask"], out["loc_mask"].float()).sum()
-        vals[lam] = float(head.losses(out)["loss_image_caption_doubly_stochastic"])
-        assert math.isclose(vals[lam], lam * float(pen) / float(out["step_mask"].sum()), rel_tol=1e-5)
+        vals[lam] = float(head.losses(out)["loss_image_caption_doubly_stochastic"].detach())
+        assert math.isclose(vals[lam], lam * float(pen.detach()) / float(out["step_mask"].sum()), rel_tol=1e-5)
     assert math.isclose(vals[2.5], 2.5 * vals[1.0], rel_tol=1e-5)
     assert "loss_image_caption_doubly_stochastic" not in make_head("sat_soft", DOUBLY_STOCHASTIC_WEIGHT=0.0)(f, CAPS)
 
@@ -387,3 +387,25 @@ def test_attention_figure(tmp_path):
     img = np.zeros((15, 30, 3), np.uint8)
     path = save_attention_figure(str(tmp_path / "a.png"), img, ["a", "star"], np.stack([att, att.T]), cell=(10, 10))
     assert Image.open(path).size[0] > 100
+
+
+def test_infer_image_caption_and_attention_maps(tmp_path):
+    """tools/infer.py --image-caption --num-captions 2 --attention-maps with an ImageCaptioner."""
+    from densecap.inference.cli import build_parser, run
+    from densecap.inference.predictor import DenseCapPredictor
+    from densecap.modeling.image_captioner import ImageCaptioner
+
+    cfg = small_cfg("sat_soft")
+    cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WIDTH, cfg.MODEL.BACKBONE.WEIGHTS = "small_cnn", 8, ""
+    cfg.MODEL.IMAGE_CAPTION.NUM_CAPTIONS, cfg.MODEL.IMAGE_CAPTION.MAX_TOKENS = 2, 5
+    torch.manual_seed(0)
+    model = ImageCaptioner.from_config(cfg, Vocabulary(WORDS))
+    _write_img(str(tmp_path / "in" / "x.png"), (200, 30, 30), size=(80, 48))
+    out = tmp_path / "out"
+    args = build_parser().parse_args(["--weights", "unused.pth", "--input", str(tmp_path / "in" / "x.png"), "--output", str(out),
+                                      "--image-caption", "--num-captions", "2", "--attention-maps", "--no-progress"])
+    run(args, predictor=DenseCapPredictor(model, image_size=64, image_caption=True))
+    rec = json.loads((out / "results.json").read_text())["results"][0]
+    assert isinstance(rec["image_caption"], str) and len(rec["image_captions"]) == 2
+    assert rec["image_captions"][0]["caption"] == rec["image_caption"]
+    assert (out / "attention" / "x.png").is_file()

@@ -70,13 +70,13 @@ def test_train_step_every_backbone(backbone):
     torch.manual_seed(0)
     cfg = tiny_cfg(backbone)
     model = build_model(cfg, VOCAB)
-    inputs = make_inputs(2, size=64)
+    inputs = make_inputs(2 if backbone == "small_cnn" else 1, size=64)  # the big ones: 1 image, for time
     losses = train_step(model, inputs)
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_rpn_delta_l2", "loss_cls", "loss_box", "loss_caption"}
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v), (k, v)
     # random-init objectness starts near BCE(0) = log 2, times the weights
-    assert losses["loss_rpn_cls"].item() == pytest.approx(0.1 * math.log(2), rel=0.1)
+    assert losses["loss_rpn_cls"].item() == pytest.approx(0.1 * math.log(2), rel=0.3)
     assert losses["loss_caption"].item() > 0
     grads = [p.grad for p in model.caption_head.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -196,9 +196,10 @@ def test_roi_align_sampler_trains():
 
 
 # ---- caption head -----------------------------------------------------------------------------
-def caption_head(decoder="lstm", seed=0, every_step=False):
+def caption_head(decoder="lstm", seed=0, every_step=False, layers=1):
     torch.manual_seed(seed)
-    cfg = tiny_cfg(**{"MODEL.CAPTION.DECODER": decoder, "MODEL.CAPTION.CODE_EVERY_STEP": every_step})
+    cfg = tiny_cfg(**{"MODEL.CAPTION.DECODER": decoder, "MODEL.CAPTION.CODE_EVERY_STEP": every_step,
+                      "MODEL.CAPTION.NUM_LAYERS": layers})
     from densecap.modeling.language_model import build_caption_decoder
 
     head = build_caption_decoder(cfg, VOCAB, input_dim=10)
@@ -257,9 +258,11 @@ def test_batched_beam_search_equals_per_image():
     assert top.shape == (8, 2, 6) and torch.all(top_lp[:, 0] >= top_lp[:, 1])
 
 
-@pytest.mark.parametrize("every_step", [False, True])
-def test_score_agrees_with_teacher_forced_loss(every_step):
-    head = caption_head(every_step=every_step).train()
+@pytest.mark.parametrize("decoder,every_step,layers", [("lstm", False, 1), ("lstm", True, 1), ("gru", False, 1),
+                                                       ("lstm", True, 2), ("gru", True, 2)])
+def test_score_agrees_with_teacher_forced_loss(decoder, every_step, layers):
+    # score() and the loss run the fused nn.LSTM/GRU; step() and generate() the step-by-step cell
+    head = caption_head(decoder, every_step=every_step, layers=layers).train()
     codes = torch.randn(5, 10)
     caps = torch.tensor([[4, 5, 6, 0, 0], [7, 0, 0, 0, 0], [8, 9, 10, 11, 12], [4, 4, 0, 0, 0], [15, 5, 0, 0, 0]])
     loss = head.loss(codes, caps)

@@ -56,6 +56,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--exact-regions", type=int, default=20_000, help="regions scored to measure exact mode's rate")
     parser.add_argument("--workdir", default="", help="keep/reuse the synthetic index here (default: temp dir, removed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: robust on a shared 2-core machine; 0 = torch's default)")
 
 
 def _vocab(n: int):
@@ -148,7 +150,8 @@ def _time_queries(root: str, rmodel, args) -> Dict:
 def run(args) -> Dict:
     from densecap.retrieval.search import RetrievalModel
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.threads > 0:  # this benchmark process only (see /work/notes/perf_findings.md: 1 thread under load)
+        torch.set_num_threads(args.threads)
     tmp = None
     work = args.workdir
     if not work:
@@ -176,6 +179,7 @@ def run(args) -> Dict:
             "region_dim": args.region_dim,
             "embed_dim": args.embed_dim,
             "candidates": args.candidates,
+            "threads": torch.get_num_threads(),
             "lm": {"hidden": args.lm_hidden, "vocab": len(vocab)},
             "index_build_seconds": build_seconds,
             **small,

@@ -104,11 +104,18 @@ def cfg_from_checkpoint(ckpt: Dict[str, Any]):
     return cfg
 
 
+def apply_num_threads(cfg) -> None:
+    """Set torch's intra-op thread count from ``cfg.NUM_THREADS`` (0 leaves torch's default)."""
+    if int(cfg.NUM_THREADS) > 0:
+        torch.set_num_threads(int(cfg.NUM_THREADS))
+
+
 def build_model_from_checkpoint(path: str, cfg=None, opts=None) -> Tuple[torch.nn.Module, Any]:
     """Build the model a checkpoint describes and load its weights.
 
     ``cfg`` (optional) overrides the checkpoint's config (e.g. test-time options); ``opts`` are
-    ``KEY VALUE`` overrides applied last. Returns ``(model in eval mode, cfg)``.
+    ``KEY VALUE`` overrides applied last. Applies the config's ``NUM_THREADS``. Returns
+    ``(model in eval mode, cfg)``.
     """
     from densecap.modeling import build_model
 
@@ -119,6 +126,7 @@ def build_model_from_checkpoint(path: str, cfg=None, opts=None) -> Tuple[torch.n
     if opts:
         base.merge_from_list(list(opts))
     vocab = Vocabulary.from_dict(ckpt["vocab"])
+    apply_num_threads(base)
     model = build_model(base, vocab)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:

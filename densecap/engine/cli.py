@@ -53,6 +53,9 @@ def run(args) -> Optional[dict]:
     init_distributed_from_env()
     cfg = setup(args)
     setup_logging(cfg.OUTPUT_DIR)
+    from densecap.engine.checkpoint import apply_num_threads
+
+    apply_num_threads(cfg)
     if args.eval_only:
         from densecap.engine.checkpoint import build_model_from_checkpoint
         from densecap.engine.evaluation import evaluate_model

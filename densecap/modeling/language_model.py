@@ -17,16 +17,17 @@ H: hidden size, L: layers, K: beam size, R: results per region.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
-from densecap.modeling.registry import Registry
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import END, PAD, START, Vocabulary
 
-from .decoding import beam_search
+from .decoding import beam_search, tree_map
 from .losses import caption_loss
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class CaptionDecoder(nn.Module):
     """
 
     rnn_cls = nn.LSTM
+    # greedy decoding (beam 1) by a plain argmax loop instead of the generic beam search (same
+    # result, fewer ops per step, finished regions leave the batch); False = always beam_search
+    fast_greedy = True
 
     def __init__(
         self,
@@ -197,27 +201,40 @@ class CaptionDecoder(nn.Module):
         return tok.masked_fill(targets == PAD, 0.0).sum(dim=1)
 
     # ---- step interface (for beam search) -----------------------------------------------------
-    def _to_batch_first(self, state: Any) -> Any:
-        return state.transpose(0, 1).contiguous()
+    # Decoding runs the recurrent cell step by step with plain matrix products (the same weights
+    # and equations as ``self.rnn``): oneDNN's fused RNN kernel costs 15-40 ms per call on this
+    # 2-core machine when another process competes for the cores, i.e. per decoding step.
+    def _zero_state(self, n: int, like: Tensor) -> Tuple[Tensor, ...]:
+        raise NotImplementedError
 
-    def _to_rnn(self, state: Any) -> Any:
-        return state.transpose(0, 1).contiguous()
+    def _cell(self, x: Tensor, state: Tuple[Tensor, ...]) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        """One step of ``self.rnn`` in eval mode: x (B, E') -> (top hidden (B, H), new state)."""
+        raise NotImplementedError
 
-    def init_state(self, region_codes: Tensor) -> Any:
-        """Decoder state after reading the projected region code: (rnn state, code or None),
-        batch-first tensors."""
+    def _layer_weights(self, layer: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        r = self.rnn
+        return (getattr(r, f"weight_ih_l{layer}"), getattr(r, f"bias_ih_l{layer}"),
+                getattr(r, f"weight_hh_l{layer}"), getattr(r, f"bias_hh_l{layer}"))
+
+    def init_state(self, region_codes: Tensor) -> Tuple[Optional[Tensor], ...]:
+        """Decoder state after reading the projected region code: a flat tuple of batch-first
+        tensors, ``(h, c, code)`` for the LSTM and ``(h, code)`` for the GRU (h, c: (N, L, H);
+        code: the projected region code (N, E) when CODE_EVERY_STEP, else None)."""
         p = self.image_proj(region_codes)  # N E
         code = p if self.code_every_step else None
-        _, state = self.rnn(self._with_code(p[:, None, :], code))
-        return (self._to_batch_first(state), code)
+        x = p if code is None else torch.cat([p, code], dim=1)  # N E'
+        _, state = self._cell(x, self._zero_state(p.shape[0], p))
+        return (*state, code)
 
-    def step(self, state: Any, tokens: Tensor) -> Tuple[Tensor, Any]:
+    def step(self, state: Tuple[Optional[Tensor], ...], tokens: Tensor) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
         """One decoding step: (state, tokens (B,)) -> (logprobs (B, V), new state)."""
-        rnn_state, code = state
-        x = self._with_code(self.embed(tokens)[:, None, :], code)  # B 1 E'
-        out, new = self.rnn(x, self._to_rnn(rnn_state))  # B 1 H
-        logp = torch.log_softmax(self._logits(out[:, 0]).float(), dim=-1)  # B V
-        return logp, (self._to_batch_first(new), code)
+        *rnn_state, code = state
+        x = self.embed(tokens)  # B E
+        if code is not None:
+            x = torch.cat([x, code], dim=1)  # B 2E
+        out, new = self._cell(x, tuple(rnn_state))  # B H
+        logp = torch.log_softmax(self._logits(out).float(), dim=-1)  # B V
+        return logp, (*new, code)
 
     @torch.no_grad()
     def generate(
@@ -246,6 +263,8 @@ class CaptionDecoder(nn.Module):
             tok = region_codes.new_zeros((0, T) if R == 1 else (0, R, T), dtype=torch.long)
             lp = region_codes.new_zeros((0,) if R == 1 else (0, R), dtype=torch.float32)
             return tok, lp
+        if self.fast_greedy and beam_size == 1 and R == 1 and length_alpha == 0 and block_ngram_repeats == 0:
+            return self._greedy(region_codes, T)
         calls = [0]
         only_end = torch.full((self.vocab_size,), float("-inf"), device=region_codes.device)
         only_end[END] = 0.0
@@ -268,6 +287,36 @@ class CaptionDecoder(nn.Module):
             return tokens[:, 0], logprobs[:, 0]
         return tokens, logprobs
 
+    @torch.no_grad()
+    def _greedy(self, region_codes: Tensor, T: int) -> Tuple[Tensor, Tensor]:
+        """Greedy decoding = ``beam_search`` with one beam, without its bookkeeping (no (N, V) score
+        copies, no top-k over V, no history gathers): the argmax word until END, the (T+1)-th token
+        forced to END. Regions that emitted END leave the batch, so later steps only compute the
+        captions still going. Returns tokens int64 (N, T) 0-padded, logprobs float32 (N,)."""
+        n, dev = int(region_codes.shape[0]), region_codes.device
+        tokens = torch.zeros((n, T), dtype=torch.long, device=dev)  # N T
+        logprobs = torch.zeros((n,), dtype=torch.float32, device=dev)  # N
+        state = self.init_state(region_codes)
+        rows = torch.arange(n, device=dev)  # n' regions still decoding
+        last = torch.full((n,), START, dtype=torch.long, device=dev)  # n'
+        for t in range(T + 1):
+            logp, state = self.step(state, last)  # n' V
+            if t == T:  # the (T+1)-th token must be END
+                logprobs[rows] += logp[:, END]
+                break
+            lp, tok = logp.max(dim=1)  # n'
+            logprobs[rows] += lp
+            ended = tok == END  # n'
+            tokens[rows, t] = tok.masked_fill(ended, PAD)
+            if bool(ended.any()):
+                keep = torch.nonzero(~ended).flatten()  # n''
+                if keep.numel() == 0:
+                    break
+                rows, tok = rows[keep], tok[keep]
+                state = tree_map(lambda x: x.index_select(0, keep), state)
+            last = tok
+        return tokens, logprobs
+
 
 @CAPTION_DECODER_REGISTRY.register("lstm")
 class LSTMCaptionDecoder(CaptionDecoder):
@@ -282,13 +331,22 @@ class LSTMCaptionDecoder(CaptionDecoder):
                 getattr(self.rnn, f"bias_ih_l{layer}")[H : 2 * H].fill_(1.0)
                 getattr(self.rnn, f"bias_hh_l{layer}")[H : 2 * H].fill_(0.0)
 
-    def _to_batch_first(self, state):
-        h, c = state
-        return (h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous())
+    def _zero_state(self, n: int, like: Tensor):
+        z = like.new_zeros((n, self.num_layers, self.hidden_size))  # N L H
+        return (z, z)
 
-    def _to_rnn(self, state):
-        h, c = state
-        return (h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous())
+    def _cell(self, x: Tensor, state):
+        h, c = state  # B L H each
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            w_ih, b_ih, w_hh, b_hh = self._layer_weights(layer)
+            gates = F.linear(x, w_ih, b_ih) + F.linear(h[:, layer], w_hh, b_hh)  # B 4H
+            i, f, g, o = gates.chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c[:, layer] + torch.sigmoid(i) * torch.tanh(g)  # B H
+            x = torch.sigmoid(o) * torch.tanh(c_new)  # B H
+            hs.append(x)
+            cs.append(c_new)
+        return x, (torch.stack(hs, dim=1), torch.stack(cs, dim=1))
 
 
 @CAPTION_DECODER_REGISTRY.register("gru")
@@ -296,6 +354,23 @@ class GRUCaptionDecoder(CaptionDecoder):
     """A GRU in place of the LSTM (same interface)."""
 
     rnn_cls = nn.GRU
+
+    def _zero_state(self, n: int, like: Tensor):
+        return (like.new_zeros((n, self.num_layers, self.hidden_size)),)  # N L H
+
+    def _cell(self, x: Tensor, state):
+        hs = []
+        for layer in range(self.num_layers):
+            w_ih, b_ih, w_hh, b_hh = self._layer_weights(layer)
+            h = state[0][:, layer]  # B H
+            i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
+            h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            x = (1 - z) * n + z * h  # B H
+            hs.append(x)
+        return x, (torch.stack(hs, dim=1),)
 
 
 def build_caption_decoder(cfg, vocab: Vocabulary, input_dim: int) -> CaptionDecoder:

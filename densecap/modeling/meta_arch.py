@@ -11,7 +11,6 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from densecap.modeling.registry import Registry
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import Vocabulary
@@ -20,6 +19,7 @@ from densecap.structures import Instances, xywh_to_xyxy
 from .backbone import Backbone, build_backbone
 from .language_model import CaptionDecoder, build_caption_decoder
 from .postprocess import to_original_frame
+from .registry import Registry
 from .roi_heads import DenseCapROIHeads
 from .rpn import RPN
 

@@ -53,93 +53,32 @@ NO_EMBEDDING_HINT = (
 # the language model, one step at a time
 # ------------------------------------------------------------------------------------------
 class LMStepper:
-    """Steps of the caption decoder for scoring known captions against many regions.
+    """The caption decoder one step at a time, for scoring known captions against many regions.
 
     ``start(codes (C, D)) -> (state, logp (C, V))`` reads the region code and START;
-    ``advance(state, token) -> (state, logp)`` feeds one word, the SAME word for all C regions.
-
-    For the project's single-layer ``nn.LSTM`` / ``nn.GRU`` decoders (``image_proj``, ``embed``,
-    ``rnn``, ``_logits``) the recurrence is computed here from the layer's weights: the input
-    projection of a word (``W_ih x + b_ih``) is one row shared by every region (computed once per
-    word and cached), so a step costs one (C, H) x (H, G) product -- about 5x faster on a CPU than
-    a one-step ``nn.LSTM`` call. Other decoders go through their ``init_state``/``step`` interface
-    (the one beam search uses). ``usable`` is False when neither exists.
+    ``advance(state, token) -> (state, logp)`` feeds one word, the same word for all C regions.
+    Both go through the decoder's step interface (``init_state`` / ``step``, the one beam search
+    uses); ``usable`` is False for a decoder without it.
     """
 
     def __init__(self, head: torch.nn.Module) -> None:
         self.head = head
-        rnn = getattr(head, "rnn", None)
-        self.kind: Optional[str] = None
-        if (
-            isinstance(rnn, (torch.nn.LSTM, torch.nn.GRU))
-            and rnn.num_layers == 1
-            and rnn.batch_first
-            and not rnn.bidirectional
-            and getattr(rnn, "proj_size", 0) == 0
-            and rnn.bias
-            and all(hasattr(head, a) for a in ("image_proj", "embed", "_logits"))
-        ):
-            self.kind = "lstm" if isinstance(rnn, torch.nn.LSTM) else "gru"
-        self.usable = self.kind is not None or (hasattr(head, "init_state") and hasattr(head, "step"))
+        self.usable = hasattr(head, "init_state") and hasattr(head, "step")
         self.checked = False
-        self._xw: Dict[int, torch.Tensor] = {}
 
-    # ---- the hand-written cell -----------------------------------------------------------------
-    def _cell(self, xw: torch.Tensor, state):
-        rnn = self.head.rnn
-        hw = state[0] if self.kind == "lstm" else state
-        hw = torch.addmm(rnn.bias_hh_l0, hw, rnn.weight_hh_l0.t())  # C G
-        if self.kind == "lstm":
-            g = hw + xw  # C 4H
-            i, f, gg, o = g.chunk(4, dim=1)
-            c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(gg)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            return h, (h, c)
-        xr, xz, xn = xw.chunk(3, dim=1)
-        hr, hz, hn = hw.chunk(3, dim=1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        h = torch.tanh(xn + r * hn)
-        h = h + z * (state - h)  # (1 - z) * n + z * h
-        return h, h
+    def _device(self) -> torch.device:
+        return next(self.head.parameters()).device
 
-    def _word(self, tok: int) -> torch.Tensor:
-        xw = self._xw.get(tok)
-        if xw is None:
-            rnn = self.head.rnn
-            x = self.head.embed(torch.tensor([tok], device=rnn.weight_ih_l0.device))  # 1 E
-            xw = self._xw[tok] = torch.addmm(rnn.bias_ih_l0, x, rnn.weight_ih_l0.t())  # 1 G
-        return xw
-
-    def _logp(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head._logits(h).float(), dim=-1)  # C V
-
-    # ---- interface -----------------------------------------------------------------------------
     def start(self, codes: torch.Tensor):
         from densecap.data.tokenizer import START
 
-        if self.kind is None:
-            state = self.head.init_state(codes)
-            logp, state = self.head.step(state, torch.full((len(codes),), START, dtype=torch.int64, device=codes.device))
-            return state, logp.float()
-        self._xw = {}  # weights may have changed since the last call
-        rnn = self.head.rnn
-        x0 = torch.addmm(rnn.bias_ih_l0, self.head.image_proj(codes), rnn.weight_ih_l0.t())  # C G
-        z = codes.new_zeros((len(codes), rnn.hidden_size))
-        _, state = self._cell(x0, (z, z) if self.kind == "lstm" else z)
-        h, state = self._cell(self._word(START), state)
-        return state, self._logp(h)
+        state = self.head.init_state(codes)
+        logp, state = self.head.step(state, torch.full((len(codes),), START, dtype=torch.int64, device=codes.device))
+        return state, logp.float()
 
-    def advance(self, state, tok: int):
-        if self.kind is None:
-            n = len(state[0]) if isinstance(state, (tuple, list)) else len(state)
-            logp, state = self.head.step(state, torch.full((n,), tok, dtype=torch.int64, device=self.head_device()))
-            return state, logp.float()
-        h, state = self._cell(self._word(tok), state)
-        return state, self._logp(h)
-
-    def head_device(self) -> torch.device:
-        return next(self.head.parameters()).device
+    def advance(self, state, tok: int, n: int):
+        logp, state = self.head.step(state, torch.full((n,), tok, dtype=torch.int64, device=self._device()))
+        return state, logp.float()
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,7 +205,7 @@ class RetrievalModel:
         each region code (N, D) -- ``caption_head.score`` for every pair, computed faster.
 
         The captions form a prefix tree walked depth-first, C regions at a time: a prefix shared by
-        many captions ("a small ...") is run once per region (3-5x less work than scoring the captions
+        many captions ("a small ...") is run once per region (3x fewer steps than scoring the captions
         one by one on the synthetic captions), and memory is one (C, V) step, never (C, T, V). Steps
         use :class:`LMStepper` (see there); the first chunk is checked against
         ``caption_head.score`` and a disagreement falls back to ``score`` itself.
@@ -302,7 +241,7 @@ class RetrievalModel:
                     out[i, a : a + m] = (acc + logp[:, END]).cpu().numpy()
                 for tok, child in node.items():
                     if tok is not None:
-                        new_state, new_logp = stepper.advance(state, tok)
+                        new_state, new_logp = stepper.advance(state, tok, m)
                         walk(child, new_state, new_logp, acc + logp[:, tok])
 
             walk(trie, state, logp, torch.zeros(m, device=dev))

@@ -8,9 +8,10 @@ import logging
 from typing import Dict, List
 
 import torch
-from densecap.modeling.registry import Registry
-from torch import Tensor, nn
+from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..registry import Registry
 
 logger = logging.getLogger(__name__)
 

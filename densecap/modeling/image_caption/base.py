@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from densecap.data.tokenizer import END, PAD, START, Vocabulary
 from densecap.modeling.decoding import beam_search
+from densecap.modeling.language_model import caption_targets
 
 from .losses import caption_nll, token_logprobs
 
@@ -42,10 +43,9 @@ def teacher_forcing_io(captions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """
     B, T = captions.shape
     captions = captions.long()
-    lengths = (captions != PAD).sum(dim=1)  # B
     inputs = torch.cat([torch.full((B, 1), START, dtype=torch.long, device=captions.device), captions], 1)  # B S
-    targets = torch.cat([captions, torch.zeros((B, 1), dtype=torch.long, device=captions.device)], 1)  # B S
-    targets.scatter_(1, lengths[:, None], END)
+    targets = caption_targets(captions, END, PAD)  # B S (the region decoder's targets)
+    lengths = (captions != PAD).sum(dim=1)  # B
     steps = torch.arange(T + 1, device=captions.device)[None, :]
     step_mask = (steps <= lengths[:, None]).float()  # B S
     return inputs, targets, step_mask

@@ -6,7 +6,6 @@ Shapes: B: images, S: decoding steps (words + END), V: vocabulary, L: feature-gr
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import Vocabulary
