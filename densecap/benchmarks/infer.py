@@ -18,9 +18,10 @@ Compute floor: the backbone's FLOPs per image (``torch.utils.flop_counter.FlopCo
 the backbone forward at the benchmark size, padded as the model pads) divided by the machine's
 float32 matrix-multiply rate (best of a few 2048 x 2048 ``torch.mm``); each model's seconds per
 image over that floor says how far it is from it. The FLOPs of the whole forward of each model
-(counted the same way: convolutions and matrix products) are reported too; the LSTM cell's own
-matrix products run inside oneDNN's fused RNN kernel, which the counter does not see (about 6 GFLOP
-for ~90 boxes x 16 steps; the 10,500-word output layer, ~15 GFLOP, is counted).
+(counted the same way: convolutions and matrix products, the caption LSTM's included) are
+reported too. The matmul rate is the best of 10 timings: on a shared machine it swings with the
+load (94-193 GFLOP/s on one thread here), so the floor is the unloaded one and the distance from it
+includes the load.
 
 Headline ``ratio`` = median DenseCap seconds per image / median detector seconds per image
 (target <= 1.25).

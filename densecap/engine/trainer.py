@@ -120,7 +120,7 @@ class Trainer:
 
             atomic_write_json(os.path.join(self.out, f"eval_{iteration:07d}.json"), results, indent=2)
             self._log({"iteration": iteration, "eval": {k: v for k, v in results.items() if not isinstance(v, dict)}})
-        metric = results.get("map")
+        metric = results.get("map", results.get("cider"))
         if metric is not None and (self.best_metric is None or metric > self.best_metric):
             self.best_metric = float(metric)
             self._checkpoint(BEST, iteration)

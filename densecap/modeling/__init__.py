@@ -29,3 +29,4 @@ def build_model(cfg, vocab: Vocabulary) -> nn.Module:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("built %s: %.2fM parameters (%.2fM trainable)", cfg.MODEL.META_ARCHITECTURE, n / 1e6, n_train / 1e6)
     return model
+from . import image_captioner  # noqa: F401,E402  (registers META_ARCHITECTURE "ImageCaptioner")
