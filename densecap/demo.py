@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-images", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config-file", default=CONFIG, help="training config (default: the demo's)")
-    p.add_argument("--query", default="a red circle", help="example retrieval query")
+    p.add_argument("--query", default="a large red circle", help="example retrieval query")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for training")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s demo] %(message)s", datefmt="%H:%M:%S")
