@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON {image name or path: [[x,y,w,h], ...]} in original pixels: caption these boxes, no RPN")
     g.add_argument("--extract-features", action="store_true", help="write features/<name>.npz (boxes, region codes, ...)")
     g.add_argument("--image-caption", action="store_true", help="also caption the whole image (needs an image-caption head)")
+    g.add_argument("--caption-weights", default="", metavar="CKPT",
+                   help="with --image-caption: a whole-image captioner checkpoint (ImageCaptioner) to run "
+                        "alongside a DenseCap checkpoint that has no caption head")
     g.add_argument("--num-captions", type=int, default=None, metavar="N",
                    help="with --image-caption: the top N whole-image captions (MODEL.IMAGE_CAPTION.NUM_CAPTIONS, 1)")
     g.add_argument("--attention-maps", action="store_true",
@@ -342,6 +345,7 @@ def _build_predictor(args) -> DenseCapPredictor:
         opts=opts,
         image_caption=args.image_caption,
         batch_size=args.batch_size,
+        caption_weights=args.caption_weights or None,
         image_size=args.image_size,
         rpn_nms=args.rpn_nms,
         final_nms=args.final_nms,

@@ -247,9 +247,14 @@ class DenseCapPredictor:
         opts: Sequence[Any] = (),
         image_caption: bool = False,
         batch_size: int = 8,
+        caption_weights: Optional[str] = None,
         **options: Any,
     ) -> "DenseCapPredictor":
         """Load a checkpoint (it carries its config and vocabulary).
+
+        ``caption_weights``: a separately trained whole-image captioner (``ImageCaptioner``
+        checkpoint) run alongside the dense model (:class:`DenseCapWithImageCaptioner`), so
+        ``image_caption=True`` works with a DenseCap checkpoint that has no caption head.
 
         Config order: the checkpoint's config, then ``config_file`` (optional), then ``opts``
         (``KEY VALUE ...``), then the keyword options: ``image_size``, ``rpn_nms``, ``final_nms``,
@@ -268,6 +273,15 @@ class DenseCapPredictor:
         all_opts = list(opts or ()) + options_to_opts(**options)
         model, cfg = build_model_from_checkpoint(weights, cfg, all_opts)
         apply_eval_options(model, cfg)
+        if caption_weights:
+            from densecap.modeling.composite import DenseCapWithImageCaptioner
+
+            cap_opts = ["MODEL.DEVICE", str(cfg.MODEL.DEVICE)]
+            n = [opts[i + 1] for i in range(0, len(opts) - 1, 2) if opts[i] == "MODEL.IMAGE_CAPTION.NUM_CAPTIONS"]
+            if n:
+                cap_opts += ["MODEL.IMAGE_CAPTION.NUM_CAPTIONS", n[-1]]
+            captioner, _ = build_model_from_checkpoint(caption_weights, None, cap_opts)
+            model = DenseCapWithImageCaptioner(model, captioner).eval()
         return cls.from_config(cfg, model, image_caption=image_caption, batch_size=batch_size)
 
     @property

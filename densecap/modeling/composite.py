@@ -32,6 +32,13 @@ class DenseCapWithImageCaptioner(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("dense"), name)
 
+    def __setattr__(self, name: str, value) -> None:
+        dense = self.__dict__.get("_modules", {}).get("dense")
+        if dense is not None and name not in ("dense", "captioner", "training") and hasattr(dense, name):
+            setattr(dense, name, value)  # test-time options (beam_size, ...) belong to the dense model
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, batched_inputs: Sequence[Dict]) -> List[Dict]:
         if self.training:
             raise RuntimeError("DenseCapWithImageCaptioner is for inference; train the two models separately")
