@@ -116,11 +116,11 @@ _C.MODEL.CAPTION.CODE_EVERY_STEP = False
 
 # Whole-image caption head (densecap/modeling/image_caption): Show and Tell (NIC) and Show,
 # Attend and Tell (soft / hard attention). Used by the standalone "ImageCaptioner"
-# meta-architecture, and jointly with DenseCap when ENABLED. The word embedding is initialised
-# from MODEL.CAPTION.WORD_VECTORS when that is set (the same loader as the region LSTM).
+# meta-architecture; at inference it runs alongside a DenseCap model
+# (tools/infer.py --image-caption --caption-weights CKPT, densecap/modeling/composite.py). The word
+# embedding is initialised from MODEL.CAPTION.WORD_VECTORS when that is set (the same loader as the
+# region LSTM).
 _C.MODEL.IMAGE_CAPTION = CfgNode()
-# Add the whole-image caption head to the DenseCap model (joint training on the same backbone).
-_C.MODEL.IMAGE_CAPTION.ENABLED = False
 # registry IMAGE_CAPTION_HEAD_REGISTRY: "nic" (Show and Tell), "sat_soft", "sat_hard" (Show, Attend and Tell)
 _C.MODEL.IMAGE_CAPTION.HEAD = "sat_soft"
 _C.MODEL.IMAGE_CAPTION.EMBED_SIZE = 512
