@@ -94,3 +94,17 @@ def test_missing_checkpoint_names_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="bad.pth"):
         load_checkpoint(str(bad))
+
+
+def test_checkpoint_config_with_a_removed_key_still_loads(caplog):
+    from densecap.config import get_cfg
+    from densecap.engine.checkpoint import cfg_from_checkpoint
+
+    cfg = get_cfg()
+    text = cfg.dump().replace("MODEL:\n", "MODEL:\n  OLD_SECTION:\n    GONE: 1\n", 1)
+    text = text.replace("SOLVER:\n", "SOLVER:\n  OLD_KEY: 3\n", 1)
+    text = text.replace("BASE_LR: 1.0e-05", "BASE_LR: 0.25")
+    loaded = cfg_from_checkpoint({"cfg": text})
+    assert loaded.SOLVER.BASE_LR == 0.25  # the rest of the saved config is kept
+    assert "OLD_KEY" not in loaded.SOLVER and "OLD_SECTION" not in loaded.MODEL
+    assert "SOLVER.OLD_KEY" in caplog.text and "MODEL.OLD_SECTION" in caplog.text

@@ -36,7 +36,6 @@ An unreadable image is logged and its item is ``None`` (dropped by ``collate``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -49,6 +48,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from .dataset import collate  # noqa: F401  (the collate function for CaptionDataset too)
 from .image_io import ImageReadError, read_image, resize_longest_side
+from .json_stream import load_json
 from .tokenizer import PAD, Vocabulary, tokenize
 
 logger = logging.getLogger(__name__)
@@ -70,13 +70,7 @@ COCO_PREFIX = "coco_captions:"
 
 
 def _read_json(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: caption file not found")
-    with open(path, "r", encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return load_json(path, "caption file")
 
 
 def _sentence_tokens(s: Dict) -> List[str]:

@@ -152,8 +152,13 @@ def iter_json_list(path: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[Any]:
         r.close()
 
 
-def load_json(path: str) -> Any:
-    """``json.load`` of a small file, with errors naming the file, byte offset and line."""
+def load_json(path: str, what: str = "file") -> Any:
+    """``json.load`` of a small file, with errors naming the file, byte offset and line.
+
+    The project's one reader of whole JSON files; ``what`` names the file in the not-found error.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: {what} not found")
     with open(path, "rb") as f:
         data = f.read()
     try:

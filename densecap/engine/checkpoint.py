@@ -95,12 +95,27 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise RuntimeError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
 
 
+def _drop_unknown_keys(saved, defaults, prefix: str = "") -> None:
+    """Remove from ``saved`` (in place) the keys ``defaults`` no longer has, with a warning."""
+    for k in list(saved.keys()):
+        full = prefix + k
+        if k not in defaults:
+            logger.warning("checkpoint config key %s is not used by this version; ignored", full)
+            del saved[k]
+        elif isinstance(saved[k], dict) and isinstance(defaults[k], dict):
+            _drop_unknown_keys(saved[k], defaults[k], full + ".")
+
+
 def cfg_from_checkpoint(ckpt: Dict[str, Any]):
+    """The checkpoint's config on top of today's defaults; keys a later version removed are
+    dropped with a warning, so old checkpoints keep loading."""
     from densecap.config import get_cfg
 
     cfg = get_cfg()
     if ckpt.get("cfg"):
-        cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["cfg"]))
+        saved = cfg.load_cfg(ckpt["cfg"])
+        _drop_unknown_keys(saved, cfg)
+        cfg.merge_from_other_cfg(saved)
     return cfg
 
 

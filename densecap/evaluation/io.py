@@ -22,7 +22,6 @@ Whole-image captioning
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
@@ -35,13 +34,10 @@ logger = logging.getLogger(__name__)
 
 
 def load_json(path: str, what: str = "file") -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    """Read a JSON file (errors name the file, and the byte offset and line of a syntax error)."""
+    from densecap.data.json_stream import load_json as _load
+
+    return _load(path, what)
 
 
 def image_key(value: Any) -> Hashable:

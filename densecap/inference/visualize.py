@@ -58,7 +58,6 @@ class _Style:
         # cap height of the text in canvas pixels: ~2.5% of the canvas' geometric mean side, so
         # panoramas do not get letters taller than a sixth of the picture
         target_h = max(11.0, min(0.025 * math.sqrt(height * width), height / 6.0))
-        longest = max(height, width)
         (_, base_h), _ = cv2.getTextSize("Ag", self.font, 1.0, 1)
         self.scale = target_h / base_h
         self.text_thick = max(1, int(round(target_h / 14)))

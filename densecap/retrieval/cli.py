@@ -15,7 +15,6 @@ Boxes are [x, y, w, h] in original-image pixels everywhere (arguments, printout,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

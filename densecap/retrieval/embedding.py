@@ -21,7 +21,7 @@ copies the LM's vectors in when the lead wants a warm start.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F

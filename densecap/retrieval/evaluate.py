@@ -146,7 +146,6 @@ def evaluate_retrieval(
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)  # R 4
     codes = np.concatenate(codes) if codes else np.zeros((0, rmodel.region_dim), np.float32)  # R D
-    img_of_region = np.repeat(np.arange(n_img), counts)  # R
     t_detect = time.perf_counter() - t0
 
     # 2. queries
