@@ -74,3 +74,19 @@ def test_arguments_and_defaults():
         a = p.parse_args(["--images", "2", "MODEL.RPN.PRE_NMS_TOPK_TEST", "1000"])
         assert a.images == 2 and a.repeats == 3 and a.threads == 1 and a.image_size == 720
         assert a.opts == ["MODEL.RPN.PRE_NMS_TOPK_TEST", "1000"]
+
+
+def test_both_benchmarks_run_end_to_end_at_toy_size():
+    """run() of train and infer on one 128-px image: the figures scripts read are present and sane."""
+    import argparse
+
+    from densecap.benchmarks import infer as infer_bench
+    from densecap.benchmarks import train as train_bench
+
+    for mod, extra in ((infer_bench, ["--no-flops"]), (train_bench, [])):
+        parser = argparse.ArgumentParser()
+        mod.add_arguments(parser)
+        args = parser.parse_args(["--images", "1", "--repeats", "1", "--image-size", "128", "--vocab-size", "50", *extra])
+        figures = mod.run(args)
+        assert figures["ratio"] > 0 and figures["image_size_hw"][1] == 128
+        assert figures["threads"] >= 1 and len(figures["load_average_1min"]) == 2

@@ -85,6 +85,16 @@ def load_average() -> float:
 
 
 # ---- inputs ------------------------------------------------------------------------------------
+def start_run(args) -> Tuple[int, float, List[np.ndarray]]:
+    """The common start of both benchmarks: threads, seed, the load average before, and the
+    ``max(--images, --batch)`` images. Returns ``(threads, load_before, images)``."""
+    threads = setup_threads(args.threads)
+    torch.manual_seed(args.seed)
+    load_before = load_average()
+    n = max(int(args.images), int(args.batch))
+    return threads, load_before, make_images(n, args.image_size, args.aspect, args.seed)
+
+
 def make_images(n: int, long_side: int, aspect: float, seed: int) -> List[np.ndarray]:
     """n RGB uint8 (H, W, 3) synthetic scenes, W = long_side, H = round(long_side * aspect)."""
     from densecap.data.synthetic import make_scene

@@ -48,11 +48,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> Dict:
-    threads = C.setup_threads(args.threads)
-    torch.manual_seed(args.seed)
-    load_before = C.load_average()
-    n = max(int(args.images), int(args.batch))
-    images = C.make_images(n, args.image_size, args.aspect, args.seed)
+    threads, load_before, images = C.start_run(args)
+    n = len(images)
     H, W = images[0].shape[:2]
     vocab = C.vocabulary(args.vocab_size)
     opts = ["TEST.BEAM_SIZE", "1", *args.opts]

@@ -31,11 +31,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> Dict:
-    threads = C.setup_threads(args.threads)
-    torch.manual_seed(args.seed)
-    load_before = C.load_average()
-    n = max(int(args.images), int(args.batch))
-    images = C.make_images(n, args.image_size, args.aspect, args.seed)
+    threads, load_before, images = C.start_run(args)
+    n = len(images)
     H, W = images[0].shape[:2]
     targets = C.make_targets(n, H, W, gt_per_image=args.gt_per_image, vocab_size=args.vocab_size, seed=args.seed)
     vocab = C.vocabulary(args.vocab_size)
