@@ -68,10 +68,11 @@ _C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
 _C.MODEL.RPN.MATCH_PREDICTED_BOXES = True
 # Exclude boxes that cross the image border from training (the original does).
 _C.MODEL.RPN.IGNORE_CROSS_BOUNDARY = True
+# Test-time proposals: the best PRE_NMS_TOPK_TEST boxes (per level with FPN) enter NMS 0.7, the
+# best POST_NMS_TOPK_TEST survive. Training has no proposal step: as in the original, the
+# recognition network reads the RPN's sampled boxes directly.
 _C.MODEL.RPN.NMS_THRESH = 0.7
-_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
 _C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
-_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
 _C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
 _C.MODEL.RPN.LOSS_WEIGHT_CLS = 0.1
 _C.MODEL.RPN.LOSS_WEIGHT_BOX = 0.05
@@ -219,7 +220,6 @@ _C.DATASETS.CAPTIONS_IMAGE_ROOT = ""
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 2
-_C.DATALOADER.ASPECT_RATIO_GROUPING = False
 
 # --------------------------------------------------------------------------------------------
 # SOLVER

@@ -5,7 +5,7 @@ Writes to ``OUTPUT_DIR``::
     config.yaml          the merged config
     metrics.jsonl        one JSON line per log period (losses, lr, iteration time) and per evaluation
     model_last.pth       every SOLVER.CHECKPOINT_PERIOD iterations (atomic; what --resume reads)
-    model_best.pth       the checkpoint with the best validation mAP so far
+    model_best.pth       the checkpoint with the best validation mAP so far (CIDEr for captioners)
     model_final.pth      at the end of training
     eval_<iter>.json     evaluation results
 """
