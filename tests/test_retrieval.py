@@ -106,20 +106,27 @@ def test_train_only_freezes(tmp_path):
     class M(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = nn.Linear(2, 2)
+            self.backbone = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
             self.caption_head = nn.Linear(2, 2)
-            self.embedding_head = nn.Linear(2, 2)
+            self.embedding_head = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
 
     cfg = get_cfg()
     cfg.MODEL.TRAIN_ONLY = ["embedding_head"]
     m = M()
     opt = build_optimizer(cfg, m)
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
-    assert trainable == {"embedding_head.weight", "embedding_head.bias"}
+    assert trainable == {"embedding_head.0.weight", "embedding_head.0.bias"}
     assert sum(len(g["params"]) for g in opt.param_groups) == 2
-    m.train()  # frozen modules stay in eval mode (no BN drift / dropout), the trained one trains
-    assert not m.backbone.training and not m.caption_head.training and m.embedding_head.training
-    assert "backbone.weight" in m.state_dict()
+    # frozen modules' BatchNorm and dropout stay in eval mode (no statistics drift, no dropout);
+    # the modules themselves follow train() (the RPN computes something else in training)
+    m.train()
+    assert m.backbone.training and not m.backbone[1].training and not m.backbone[2].training
+    assert m.embedding_head[1].training  # the trained module's dropout trains
+    m.eval()
+    assert not m.embedding_head[1].training
+    m.train()
+    assert not m.backbone[1].training
+    assert "backbone.0.weight" in m.state_dict()
 
 
 # ------------------------------------------------------------------------------------------

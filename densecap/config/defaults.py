@@ -122,6 +122,12 @@ _C.MODEL.CAPTION.CODE_EVERY_STEP = False
 # embedding is initialised from MODEL.CAPTION.WORD_VECTORS when that is set (the same loader as the
 # region LSTM).
 _C.MODEL.IMAGE_CAPTION = CfgNode()
+# Give the DenseCap model (META_ARCHITECTURE "DenseCap") an image-caption head on its own backbone,
+# trained jointly with the regions (losses added to the total) on the whole-image captions of
+# DATASETS.IMAGE_CAPTIONS; at test time every image also gets a whole-image caption. To train the
+# head alone on a trained model: MODEL.TRAIN_ONLY ("image_caption_head",) (frozen backbone), or
+# ("image_caption_head", "backbone") (trainable backbone).
+_C.MODEL.IMAGE_CAPTION.ENABLED = False
 # registry IMAGE_CAPTION_HEAD_REGISTRY: "nic" (Show and Tell), "sat_soft", "sat_hard" (Show, Attend and Tell)
 _C.MODEL.IMAGE_CAPTION.HEAD = "sat_soft"
 _C.MODEL.IMAGE_CAPTION.EMBED_SIZE = 512
@@ -217,6 +223,16 @@ _C.DATASETS.ROOT = "datasets"
 # Image paths are relative to CAPTIONS_IMAGE_ROOT; empty = the directory holding the JSON
 # (COCO annotation files: the JSON's ../<train2014|val2014> when that exists).
 _C.DATASETS.CAPTIONS_IMAGE_ROOT = ""
+# Whole-image captions of the dense captioning datasets (MODEL.IMAGE_CAPTION.ENABLED): a Karpathy-
+# split JSON or a COCO captions annotation file (format detected), every split of it, matched to
+# the prepared images by IMAGE_CAPTIONS_MATCH: "image_id" (the same ids, e.g. the synthetic
+# dataset) or "coco_id" (Visual Genome's coco_id from image_data.json, kept by preparation: about
+# half of VG's images are COCO images). Empty = captions.json beside the prepared directory (the
+# synthetic layout: DATASETS.ROOT/synthetic/captions.json). Images without captions still train
+# the regions; the caption vocabulary's new words (seen >= MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT
+# times in the training images' captions) are appended to the region vocabulary.
+_C.DATASETS.IMAGE_CAPTIONS = ""
+_C.DATASETS.IMAGE_CAPTIONS_MATCH = "image_id"
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 2

@@ -63,6 +63,8 @@ __all__ = [
     "build_caption_dataset",
     "build_caption_train_loader",
     "load_caption_train_vocab",
+    "load_caption_file",
+    "image_caption_index",
 ]
 
 KARPATHY_PREFIX = "captions:"
@@ -81,7 +83,10 @@ def _sentence_tokens(s: Dict) -> List[str]:
 
 def load_karpathy_json(path: str, split: str, image_root: str = "") -> List[Dict]:
     """Records of ``split`` ("train" includes "restval"; "all" = every image) of a Karpathy JSON."""
-    data = _read_json(path)
+    return _karpathy_records(_read_json(path), path, split, image_root)
+
+
+def _karpathy_records(data, path: str, split: str, image_root: str) -> List[Dict]:
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{path}: a Karpathy-split JSON needs a top-level 'images' list")
     root = image_root or os.path.dirname(os.path.abspath(path))
@@ -117,7 +122,10 @@ def _coco_image_root(path: str) -> str:
 
 def load_coco_captions(path: str, image_root: str = "") -> List[Dict]:
     """Records of a COCO captions annotation file (images without captions are skipped)."""
-    data = _read_json(path)
+    return _coco_records(_read_json(path), path, image_root)
+
+
+def _coco_records(data, path: str, image_root: str) -> List[Dict]:
     if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
         raise ValueError(f"{path}: a COCO captions file needs 'images' and 'annotations'")
     root = image_root or _coco_image_root(path)
@@ -134,6 +142,35 @@ def load_coco_captions(path: str, image_root: str = "") -> List[Dict]:
     if not records:
         raise ValueError(f"{path}: no captioned images")
     return records
+
+
+def load_caption_file(path: str, image_root: str = "") -> List[Dict]:
+    """Every captioned image of a Karpathy-split JSON or a COCO captions file (format detected)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"whole-image caption file not found: {path}")
+    data = _read_json(path)
+    if isinstance(data, dict) and "annotations" in data:
+        return _coco_records(data, path, image_root)
+    if isinstance(data, dict) and "images" in data:
+        return _karpathy_records(data, path, "all", image_root)
+    raise ValueError(f"{path}: neither a Karpathy-split JSON ('images' with 'sentences') nor a COCO captions file ('annotations')")
+
+
+_INDEX_CACHE: Dict[str, Dict[int, List[List[str]]]] = {}
+
+
+def image_caption_index(path: str) -> Dict[int, List[List[str]]]:
+    """``{image id in the file: [[token, ...], ...]}`` of a caption file (cached per process)."""
+    key = os.path.abspath(path)
+    st = os.stat(key)
+    key = f"{key}:{st.st_mtime_ns}:{st.st_size}"
+    if key not in _INDEX_CACHE:
+        index: Dict[int, List[List[str]]] = {}
+        for r in load_caption_file(path):
+            index.setdefault(int(r["image_id"]), []).extend(r["captions"])
+        _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = index
+    return _INDEX_CACHE[key]
 
 
 def is_caption_dataset(name: str) -> bool:

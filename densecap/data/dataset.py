@@ -10,6 +10,10 @@ Each item is a dict (detectron2 style)::
     instances    Instances((H', W'),
                    gt_boxes    float32 (R, 4)  xyxy in the *resized* frame
                    gt_captions int64   (R, T)  token ids, 0-padded, no START/END)
+    image_captions      int64 (K, T) the image's whole-image captions, word ids, 0-padded,
+                        no START/END, truncated to T words (only when the dataset was given
+                        whole-image captions; K = 0 for an image the caption file lacks)
+    gt_image_captions   list[str] the same K captions as text, untruncated (the references)
 
 An unreadable image is logged with its path and the item is ``None``; :func:`collate` drops it,
 so one bad file never stops an epoch.
@@ -17,7 +21,7 @@ so one bad file never stops an epoch.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +31,7 @@ from densecap.structures import Instances, xywh_to_xyxy
 
 from .image_io import ImageReadError, read_image, resize_longest_side
 from .prepared import PreparedSplit, load_split, load_vocab
-from .tokenizer import Vocabulary
+from .tokenizer import PAD, Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,12 @@ class DenseCapDataset(Dataset):
         flip: bool = False,
         max_images: int = 0,
         vocab: Optional[Vocabulary] = None,
+        image_captions: Optional[Dict[int, List[List[str]]]] = None,
+        image_caption_match: str = "image_id",
+        image_caption_max_tokens: int = 20,
     ) -> None:
+        """``image_captions``: ``{id: [[token, ...], ...]}`` whole-image captions, looked up by
+        each image's ``image_caption_match`` id ("image_id" or "coco_id")."""
         self.data: PreparedSplit = load_split(prepared_dir, split)
         self.vocab = vocab if vocab is not None else load_vocab(prepared_dir)
         self.max_size = int(max_size)
@@ -54,6 +63,44 @@ class DenseCapDataset(Dataset):
         r_id = self.vocab.token_to_idx.get("right")
         if l_id is not None and r_id is not None:
             self._swap = {l_id: r_id, r_id: l_id}
+        self.image_captions = image_captions
+        self.image_caption_max_tokens = int(image_caption_max_tokens)
+        self._caption_ids: Optional[np.ndarray] = None
+        if image_captions is not None:
+            if image_caption_match == "image_id":
+                self._caption_ids = self.data.image_ids
+            elif image_caption_match == "coco_id":
+                if self.data.coco_ids is None:
+                    raise ValueError(
+                        f"{prepared_dir}/{split}.npz has no coco_ids (prepared by an older version): prepare the "
+                        "dataset again to match whole-image captions by coco_id"
+                    )
+                self._caption_ids = self.data.coco_ids
+            else:
+                raise ValueError(f"DATASETS.IMAGE_CAPTIONS_MATCH must be 'image_id' or 'coco_id', got {image_caption_match!r}")
+            n = self.num_images_with_captions()
+            logger.info("%s/%s: %d of %d images have whole-image captions (matched by %s)",
+                        prepared_dir, split, n, self.num_images, image_caption_match)
+
+    def num_images_with_captions(self) -> int:
+        if self._caption_ids is None:
+            return 0
+        return sum(1 for i in range(self.num_images) if int(self._caption_ids[i]) in self.image_captions)
+
+    def image_caption_tokens(self, i: int) -> List[List[str]]:
+        """The whole-image captions of image i (token lists; [] when it has none)."""
+        if self._caption_ids is None:
+            return []
+        return self.image_captions.get(int(self._caption_ids[i]), [])
+
+    def encode_image_captions(self, captions: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(K, T) int64 word ids, 0-padded, truncated to ``image_caption_max_tokens`` words."""
+        T = self.image_caption_max_tokens
+        out = np.full((len(captions), T), PAD, dtype=np.int64)
+        for k, toks in enumerate(captions):
+            ids = self.vocab.encode(toks[:T])
+            out[k, : len(ids)] = ids
+        return torch.from_numpy(out)
 
     def __len__(self) -> int:
         return self.num_images
@@ -91,19 +138,23 @@ class DenseCapDataset(Dataset):
         hs, ws = img.shape[:2]
         boxes_xyxy = xywh_to_xyxy(boxes) * scale
         captions = torch.from_numpy(d.captions[sl].astype(np.int64))
+        image_caps = self.image_caption_tokens(i)
+        image_caption_ids = self.encode_image_captions(image_caps) if self._caption_ids is not None else None
         if self.flip and torch.rand(()) < 0.5:
             img = img[:, ::-1]
             x1 = ws - boxes_xyxy[:, 2]
             x2 = ws - boxes_xyxy[:, 0]
             boxes_xyxy[:, 0], boxes_xyxy[:, 2] = x1, x2
             captions = self.flip_captions(captions)
+            if image_caption_ids is not None:
+                image_caption_ids = self.flip_captions(image_caption_ids)
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
         inst = Instances(
             (hs, ws),
             gt_boxes=torch.from_numpy(np.ascontiguousarray(boxes_xyxy, dtype=np.float32)).reshape(-1, 4),
             gt_captions=captions,
         )
-        return {
+        item = {
             "image": image,
             "image_id": int(d.image_ids[i]),
             "file_name": path,
@@ -112,6 +163,10 @@ class DenseCapDataset(Dataset):
             "scale": float(scale),
             "instances": inst,
         }
+        if image_caption_ids is not None:
+            item["image_captions"] = image_caption_ids
+            item["gt_image_captions"] = [" ".join(t) for t in image_caps]
+        return item
 
 
 def collate(batch: List[Optional[Dict]]) -> List[Dict]:

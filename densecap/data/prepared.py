@@ -13,6 +13,8 @@ A prepared directory holds::
         boxes            float32 (R, 4)     [x, y, w, h] in original-image pixels, clipped to the image
         captions         int32   (R, T)     token ids (no START/END), padded with 0 (<PAD>), T = max tokens
         caption_lengths  int16   (R,)
+        coco_ids         int64   (I,)       the image's COCO id (VG image_data.json), -1 when none;
+                                            absent from directories prepared before it existed
 
 Everything is plain numpy (no pickle), so loading a split is one ``np.load``.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +46,7 @@ class PreparedSplit:
     boxes: np.ndarray
     captions: np.ndarray
     caption_lengths: np.ndarray
+    coco_ids: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.image_ids.shape[0])
@@ -85,6 +88,7 @@ def write_split(
     boxes: np.ndarray,
     captions: np.ndarray,
     caption_lengths: np.ndarray,
+    coco_ids: Optional[Sequence[int]] = None,
 ) -> str:
     """Write one split atomically. Image paths are stored relative to ``root`` when possible."""
     os.makedirs(root, exist_ok=True)
@@ -112,6 +116,8 @@ def write_split(
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             captions=np.asarray(captions, dtype=np.int32),
             caption_lengths=np.asarray(caption_lengths, dtype=np.int16),
+            coco_ids=(np.full(len(image_ids), -1, dtype=np.int64) if coco_ids is None
+                      else np.asarray(coco_ids, dtype=np.int64)),
         )
     return path
 

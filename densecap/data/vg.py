@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from array import array
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -111,8 +111,10 @@ def _read_splits(path: str) -> Dict[int, int]:
     return split_of
 
 
-def _read_sizes(path: str, wanted: Dict[int, int]) -> Dict[int, tuple]:
+def _read_sizes(path: str, wanted: Dict[int, int]) -> Tuple[Dict[int, tuple], Dict[int, int]]:
+    """``({image_id: (width, height)}, {image_id: coco_id})`` of the wanted images."""
     sizes: Dict[int, tuple] = {}
+    coco: Dict[int, int] = {}
     for i, d in enumerate(iter_json_list(path)):
         if not isinstance(d, dict):
             raise ValueError(f"{path}: element {i} is not an object")
@@ -120,7 +122,10 @@ def _read_sizes(path: str, wanted: Dict[int, int]) -> Dict[int, tuple]:
         if iid is None or iid not in wanted:
             continue
         sizes[iid] = (int(d["width"]), int(d["height"]))
-    return sizes
+        cid = d.get("coco_id")
+        if cid is not None:
+            coco[iid] = int(cid)
+    return sizes, coco
 
 
 def _header_size(path: str) -> Optional[tuple]:
@@ -168,7 +173,7 @@ def prepare_vg(
     t0 = time.perf_counter()
     image_dirs = list(image_dirs)
     split_of = _read_splits(splits)
-    sizes = _read_sizes(image_data, split_of)
+    sizes, coco_of = _read_sizes(image_data, split_of)
     if image_exists is not None:
         find_image = image_exists
     elif assume_images_exist:
@@ -187,6 +192,7 @@ def prepare_vg(
     # kept images
     img_ids: List[int] = []
     img_paths: List[str] = []
+    img_coco = array("q")  # COCO id of the image, -1 when it has none
     img_h = array("i")
     img_w = array("i")
     img_split = array("b")
@@ -282,6 +288,7 @@ def prepare_vg(
             counts["no_regions"] += 1
             continue
         img_ids.append(iid)
+        img_coco.append(coco_of.get(iid, -1))
         img_paths.append(path)
         img_h.append(H)
         img_w.append(W)
@@ -333,6 +340,7 @@ def prepare_vg(
     report["regions_kept"] = {}
     ids_np = np.asarray(img_ids, dtype=np.int64)
     paths_np = np.asarray(img_paths, dtype=object)
+    coco_np = np.frombuffer(img_coco, dtype=np.int64) if len(img_coco) else np.zeros(0, np.int64)
     h_np = np.frombuffer(img_h, dtype=np.int32) if len(img_h) else np.zeros(0, np.int32)
     w_np = np.frombuffer(img_w, dtype=np.int32) if len(img_w) else np.zeros(0, np.int32)
     writes = []
@@ -359,6 +367,7 @@ def prepare_vg(
             output,
             s,
             image_ids=ids_np[imask],
+            coco_ids=coco_np[imask],
             image_paths=list(paths_np[imask]),
             heights=h_np[imask],
             widths=w_np[imask],

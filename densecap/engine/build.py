@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections import Counter
 from typing import Iterator, List
 
 import torch
@@ -21,15 +23,48 @@ def resolve_dataset(cfg, name: str):
     return DatasetCatalog.resolve(name, cfg.DATASETS.ROOT)
 
 
+def image_captions_path(cfg, prepared_dir: str) -> str:
+    """DATASETS.IMAGE_CAPTIONS, or captions.json beside ``prepared_dir`` when that is empty."""
+    path = cfg.DATASETS.IMAGE_CAPTIONS or os.path.join(os.path.dirname(os.path.abspath(prepared_dir)), "captions.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.IMAGE_CAPTION.ENABLED needs whole-image captions: {path} not found "
+            "(set DATASETS.IMAGE_CAPTIONS to a Karpathy-split JSON or a COCO captions file)"
+        )
+    return path
+
+
+def _image_caption_index(cfg, prepared_dir: str):
+    from densecap.data.captions import image_caption_index
+
+    return image_caption_index(image_captions_path(cfg, prepared_dir))
+
+
 def load_train_vocab(cfg) -> Vocabulary:
-    """The vocabulary of the (first) training dataset's prepared directory."""
+    """The vocabulary of the (first) training dataset's prepared directory; with a joint
+    image-caption head (MODEL.IMAGE_CAPTION.ENABLED) followed by the new words of the training
+    images' whole-image captions seen at least MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT times (appended,
+    so the prepared region captions keep their word ids)."""
     if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
         import densecap.modeling.image_captioner  # noqa: F401  (registers the meta-architecture)
         from densecap.data.captions import load_caption_train_vocab
 
         return load_caption_train_vocab(cfg)
     prepared_dir, _ = resolve_dataset(cfg, cfg.DATASETS.TRAIN[0])
-    return load_vocab(prepared_dir)
+    vocab = load_vocab(prepared_dir)
+    if cfg.MODEL.IMAGE_CAPTION.ENABLED:
+        counts: Counter = Counter()
+        for name in cfg.DATASETS.TRAIN:
+            ds = build_dataset(cfg, name, is_train=True, vocab=vocab)
+            for i in range(len(ds)):
+                for toks in ds.image_caption_tokens(i):
+                    counts.update(toks)
+        new = [w for w in Vocabulary.build(counts, cfg.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT).idx_to_token[4:] if w not in vocab]
+        if new:
+            logger.info("vocabulary: %d region words + %d new words of the whole-image captions (e.g. %s)",
+                        len(vocab) - 4, len(new), ", ".join(new[:8]))
+            vocab = Vocabulary(vocab.idx_to_token[4:] + new)
+    return vocab
 
 
 def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_images: int = 0) -> DenseCapDataset:
@@ -41,6 +76,9 @@ def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_imag
         flip=bool(cfg.INPUT.RANDOM_FLIP) and is_train,
         max_images=max_images,
         vocab=vocab,
+        image_captions=_image_caption_index(cfg, prepared_dir) if cfg.MODEL.IMAGE_CAPTION.ENABLED else None,
+        image_caption_match=cfg.DATASETS.IMAGE_CAPTIONS_MATCH,
+        image_caption_max_tokens=cfg.MODEL.IMAGE_CAPTION.MAX_TOKENS,
     )
 
 
@@ -102,6 +140,9 @@ class InfiniteLoader:
             self.epoch += 1
 
 
+_FIXED_IN_FROZEN = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+
+
 def _stay_in_eval(self, mode: bool = True):
     return torch.nn.Module.train(self, False)
 
@@ -118,11 +159,15 @@ def freeze_all_but(model: torch.nn.Module, prefixes) -> int:
     if n == 0:
         names = sorted({k.split(".")[0] for k, _ in model.named_parameters()})
         raise ValueError(f"MODEL.TRAIN_ONLY {list(prefixes)} matches no trainable parameter; top-level modules: {names}")
-    # fully frozen top-level modules stay in eval mode (no BatchNorm statistics drift, no dropout)
-    for child_name, child in model.named_children():
+    # the normalisation and dropout layers of fully frozen top-level modules stay in eval mode (no
+    # BatchNorm statistics drift, no dropout); the modules themselves keep following train()/eval(),
+    # since some change what they compute in training (the RPN samples boxes for the ROI heads)
+    for child in model.children():
         if not any(p.requires_grad for p in child.parameters()):
-            child.train = _stay_in_eval.__get__(child)  # model.train() recurses through this
-            child.eval()
+            for m in child.modules():
+                if isinstance(m, _FIXED_IN_FROZEN):
+                    m.train = _stay_in_eval.__get__(m)  # model.train() recurses through this
+                    m.eval()
     logger.info("MODEL.TRAIN_ONLY %s: %d parameter tensors trainable, the rest frozen", list(prefixes), n)
     return n
 

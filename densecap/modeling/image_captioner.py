@@ -11,30 +11,16 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from densecap.data.tokenizer import PAD, Vocabulary
+from densecap.data.tokenizer import Vocabulary
 
 from .backbone import Backbone, build_backbone
 from .image_caption import ImageCaptionHead, build_image_caption_head
+from .image_caption.attach import caption_outputs, feature_valid_mask, pick_feature, training_captions
 from .meta_arch import META_ARCH_REGISTRY, DenseCapModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageCaptioner", "pick_feature", "feature_valid_mask"]
-
-
-def pick_feature(backbone: Backbone) -> str:
-    """The backbone output the caption head reads: the one whose stride is closest to 16."""
-    return min(backbone.out_features, key=lambda n: (abs(backbone.strides[n] - 16), backbone.strides[n]))
-
-
-def feature_valid_mask(sizes: Tensor, stride: int, shape: Tuple[int, int]) -> Tensor:
-    """(B, H, W) bool: feature cells whose receptive centre lies on the (unpadded) image."""
-    H, W = shape
-    hs = torch.clamp(torch.ceil(sizes[:, 0].float() / stride).long(), 1, H)  # B
-    ws = torch.clamp(torch.ceil(sizes[:, 1].float() / stride).long(), 1, W)  # B
-    ys = torch.arange(H)[None, :, None]
-    xs = torch.arange(W)[None, None, :]
-    return (ys < hs[:, None, None]) & (xs < ws[:, None, None])
 
 
 @META_ARCH_REGISTRY.register("ImageCaptioner")
@@ -142,46 +128,16 @@ class ImageCaptioner(nn.Module):
         if not self.training:
             return self.inference(feats, mask, batched_inputs)
         caps = [d["image_captions"].to(feats.device) for d in batched_inputs]
-        if self.train_captions == "sample":
-            picks = [int(torch.randint(len(c), ())) for c in caps]
-            captions = torch.stack([c[k] for c, k in zip(caps, picks)])  # B T
-        else:
-            counts = torch.tensor([len(c) for c in caps], device=feats.device)
-            feats = feats.repeat_interleave(counts, dim=0)  # BK C H W
-            mask = mask.repeat_interleave(counts, dim=0)
-            captions = torch.cat(caps, 0)  # BK T
-        t = int((captions != PAD).sum(1).max().clamp(min=1))
-        return self.head(feats, captions[:, :t], mask)
+        feats, mask, captions = training_captions(feats, mask, caps, self.train_captions)
+        return self.head(feats, captions, mask)
 
     @torch.no_grad()
     def inference(self, feats: Tensor, mask: Tensor, batched_inputs: List[Dict]) -> List[Dict]:
-        out = self.head.generate(
-            feats,
-            mask,
-            beam_size=self.caption_beam_size,
-            max_len=self.caption_max_len,
-            num_captions=self.num_captions,
-            length_penalty=self.length_penalty,
-            block_repeats=self.block_repeats,
+        results = caption_outputs(
+            self.head, self.vocab, feats, mask, float(self.backbone.strides[self.in_feature]),
+            beam_size=self.caption_beam_size, max_len=self.caption_max_len, num_captions=self.num_captions,
+            length_penalty=self.length_penalty, block_repeats=self.block_repeats,
         )
-        tokens, logprobs, att = out["tokens"].cpu(), out["logprobs"].cpu(), out["attention"]
-        cell = None
-        if att is not None:  # input pixels covered by one attention cell (grid from the top-left)
-            stride = float(self.backbone.strides[self.in_feature])
-            cell = (stride * feats.shape[-2] / att.shape[-2], stride * feats.shape[-1] / att.shape[-1])
-        results = []
-        for i, d in enumerate(batched_inputs):
-            caps = [
-                {"caption": self.vocab.decode_str(tokens[i, n].tolist()), "logprob": float(logprobs[i, n])}
-                for n in range(tokens.shape[1])
-            ]
-            n_words = int((tokens[i, 0] != PAD).sum())
-            results.append({
-                "image_caption": caps[0]["caption"],
-                "image_caption_logprob": caps[0]["logprob"],
-                "image_captions": caps,
-                "attention": None if att is None else att[i, :n_words].float().cpu(),
-                "attention_cell": cell,
-                "image_id": d.get("image_id"),
-            })
+        for r, d in zip(results, batched_inputs):
+            r["image_id"] = d.get("image_id")
         return results

@@ -3,7 +3,8 @@
 Registry ``META_ARCH_REGISTRY`` (``MODEL.META_ARCHITECTURE``); entries are built with
 ``cls.from_config(cfg, vocab)``.
 
-Shapes: N: images, H, W: padded input size, R: regions, D: region code dim, T: caption tokens.
+Shapes: N: images, H, W: padded input size, R: regions, D: region code dim, T: caption tokens,
+K: whole-image captions of an image.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from densecap.data.tokenizer import Vocabulary
 from densecap.structures import Instances, xywh_to_xyxy
 
 from .backbone import Backbone, build_backbone
+from .image_caption.attach import caption_losses, caption_outputs, feature_valid_mask, pick_feature
 from .language_model import CaptionDecoder, build_caption_decoder
 from .postprocess import to_original_frame
 from .registry import Registry
@@ -45,12 +47,19 @@ class DenseCapModel(nn.Module):
                    G may be 0 (boxes with zero width or height are ignored)
         given_boxes  optional, eval only: float32 (M, 4) [x, y, w, h] ORIGINAL pixels; the model
                    then skips the RPN and NMS and captions exactly these boxes, in this order
+        image_captions  optional, training with an image-caption head only: int64 (K, T) the
+                   image's whole-image captions, word ids, 0-padded, no START/END (K may be 0:
+                   the image then trains the regions only)
         (image_id, file_name, ... are passed through untouched)
 
     Training (``model.train()``): returns a dict of weighted scalar losses ``loss_rpn_cls``,
     ``loss_rpn_box``, ``loss_rpn_delta_l2`` (when its weight > 0), ``loss_cls``, ``loss_box``,
     ``loss_caption``; the total loss is their sum. Images without regions give 0 for the
     positives-based losses (still differentiable) while objectness learns from their negatives.
+    With an image-caption head (``MODEL.IMAGE_CAPTION.ENABLED``, the same backbone feature map):
+    also ``loss_image_caption`` (+ ``loss_image_caption_doubly_stochastic`` for attention heads,
+    ``loss_image_caption_reinforce`` / ``_entropy`` for hard attention) over the batch's images
+    that have ``image_captions`` (0 when none has). With the embedding head: ``loss_embed``.
 
     Eval (``model.eval()``): returns a list of N dicts ``{"instances": Instances((height, width),
         pred_boxes float32 (R, 4) [x, y, w, h] ORIGINAL-image pixels, sorted by score descending
@@ -60,6 +69,11 @@ class DenseCapModel(nn.Module):
         pred_caption_tokens int64 (R, T) word ids, 0-padded, no START/END (T = max caption length),
         pred_caption_logprobs float32 (R,) total log-probability of the caption, END included,
         region_codes float32 (R, D))}``, all tensors on the CPU.
+    With an image-caption head each dict also holds the whole-image caption:
+    ``image_caption`` str, ``image_caption_logprob`` float, ``image_captions`` the top N
+    ``[{"caption", "logprob"}]``, ``attention`` float (T, h, w) per-word attention maps (None for
+    NIC) and ``attention_cell`` (cell_h, cell_w) resized-input pixels per attention cell (see
+    ``densecap.modeling.image_caption.attach.caption_outputs``).
 
     Eval options (set from the config at build time, attributes changeable afterwards):
     ``model.beam_size`` (TEST.BEAM_SIZE), ``model.length_alpha`` (TEST.LENGTH_ALPHA),
@@ -67,7 +81,8 @@ class DenseCapModel(nn.Module):
     (MODEL.ROI.NMS_THRESH_TEST), ``model.roi_heads.score_thresh`` (TEST.SCORE_THRESH),
     ``model.roi_heads.detections_per_image`` (TEST.DETECTIONS_PER_IMAGE, 0 = all),
     ``model.rpn.nms_thresh``, ``model.rpn.pre_nms_topk``, ``model.rpn.post_nms_topk``
-    (MODEL.RPN.*_TEST).
+    (MODEL.RPN.*_TEST); with an image-caption head ``caption_beam_size``, ``caption_max_len``,
+    ``num_captions``, ``length_penalty``, ``block_repeats`` (MODEL.IMAGE_CAPTION.*).
     """
 
     def __init__(
@@ -85,6 +100,13 @@ class DenseCapModel(nn.Module):
         max_caption_len: int = 15,
         length_alpha: float = 0.0,
         embedding_head: Optional[nn.Module] = None,
+        image_caption_head: Optional[nn.Module] = None,
+        image_caption_train: str = "sample",
+        caption_beam_size: int = 3,
+        caption_max_len: int = 20,
+        num_captions: int = 1,
+        length_penalty: float = 0.0,
+        block_repeats: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -100,6 +122,17 @@ class DenseCapModel(nn.Module):
         self.length_alpha = float(length_alpha)
         # optional joint region-sentence embedding for retrieval (MODEL.EMBEDDING.ENABLED)
         self.embedding_head = embedding_head
+        # optional whole-image caption head on the same backbone (MODEL.IMAGE_CAPTION.ENABLED)
+        self.image_caption_head = image_caption_head
+        self.image_caption_feature = pick_feature(backbone) if image_caption_head is not None else None
+        if image_caption_train not in ("sample", "all"):
+            raise ValueError(f"MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS must be 'sample' or 'all', got {image_caption_train!r}")
+        self.image_caption_train = image_caption_train
+        self.caption_beam_size = int(caption_beam_size)
+        self.caption_max_len = int(caption_max_len)
+        self.num_captions = int(num_captions)
+        self.length_penalty = float(length_penalty)
+        self.block_repeats = bool(block_repeats)
 
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "DenseCapModel":
@@ -112,12 +145,20 @@ class DenseCapModel(nn.Module):
             from densecap.retrieval.embedding import build_embedding_head
 
             embedding_head = build_embedding_head(cfg, vocab, roi_heads.recognition.out_dim)
+        ic = cfg.MODEL.IMAGE_CAPTION
+        image_caption_head = None
+        if ic.ENABLED:
+            from .image_caption import build_image_caption_head
+
+            image_caption_head = build_image_caption_head(cfg, vocab, backbone.out_channels)
         return cls(
             backbone=backbone, rpn=rpn, roi_heads=roi_heads, caption_head=caption_head, vocab=vocab,
             pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD,
             caption_loss_weight=cfg.MODEL.CAPTION.LOSS_WEIGHT, beam_size=cfg.TEST.BEAM_SIZE,
             max_caption_len=cfg.MODEL.CAPTION.MAX_TOKENS, length_alpha=cfg.TEST.LENGTH_ALPHA,
-            embedding_head=embedding_head,
+            embedding_head=embedding_head, image_caption_head=image_caption_head,
+            image_caption_train=ic.TRAIN_CAPTIONS, caption_beam_size=ic.BEAM_SIZE, caption_max_len=ic.MAX_TOKENS,
+            num_captions=ic.NUM_CAPTIONS, length_penalty=ic.LENGTH_PENALTY, block_repeats=ic.BLOCK_REPEATS,
         )
 
     @property
@@ -163,7 +204,45 @@ class DenseCapModel(nn.Module):
         losses["loss_caption"] = self.caption_loss_weight * self.caption_head.loss(codes, captions)
         if self.embedding_head is not None:
             losses.update(self.embedding_head(codes, captions))  # {"loss_embed"}; codes detached inside
+        if self.image_caption_head is not None:
+            feats, mask = self._image_caption_features(features, sizes)
+            caps = [x.get("image_captions") for x in batched_inputs]
+            losses.update(caption_losses(self.image_caption_head, feats, mask, caps, self.image_caption_train))
         return losses
+
+    def _image_caption_features(self, features: Dict[str, Tensor], sizes: List[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:
+        """The caption head's feature map (N, C, h, w) and its valid mask (N, h, w) bool."""
+        name = self.image_caption_feature
+        feats = features[name]  # N C h w
+        hw = torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)  # N 2
+        mask = feature_valid_mask(hw, self.backbone.strides[name], feats.shape[-2:]).to(feats.device)  # N h w
+        return feats, mask
+
+    @torch.no_grad()
+    def image_caption_attention(self, batched_inputs: Sequence[Dict]) -> List[Optional[Dict]]:
+        """The attention the image-caption head uses to read each image's own ``image_captions``
+        (K, T) (teacher forcing, eval mode): per image ``{"captions": [str] * K, "attention": float
+        (K, T, h, w) (0 after each caption's words), "attention_cell": (cell_h, cell_w)}`` in
+        resized-input pixels, or None when the image has no captions or the head no attention."""
+        head = self.image_caption_head
+        if head is None or not getattr(head, "has_attention", False):
+            return [None] * len(batched_inputs)
+        images, sizes = self.preprocess_image(batched_inputs)
+        feats, mask = self._image_caption_features(self.backbone(images), sizes)  # N C h w, N h w
+        stride = float(self.backbone.strides[self.image_caption_feature])
+        out: List[Optional[Dict]] = []
+        for i, x in enumerate(batched_inputs):
+            caps = x.get("image_captions")
+            if caps is None or len(caps) == 0:
+                out.append(None)
+                continue
+            caps = caps.to(self.device)  # K T
+            k = caps.shape[0]
+            att = head.attention_maps(feats[i : i + 1].expand(k, -1, -1, -1), caps, mask[i : i + 1].expand(k, -1, -1))  # K T h w
+            cell = (stride * feats.shape[-2] / att.shape[-2], stride * feats.shape[-1] / att.shape[-1])
+            out.append({"captions": [self.vocab.decode_str(c.tolist()) for c in caps.cpu()], "attention": att.float().cpu(),
+                        "attention_cell": cell})
+        return out
 
     @torch.no_grad()
     def inference(self, batched_inputs: Sequence[Dict]) -> List[Dict]:
@@ -208,4 +287,13 @@ class DenseCapModel(nn.Module):
             )
             start += n
             results.append({"instances": inst})
+        if self.image_caption_head is not None:
+            feats, mask = self._image_caption_features(features, sizes)
+            captions = caption_outputs(
+                self.image_caption_head, self.vocab, feats, mask, float(self.backbone.strides[self.image_caption_feature]),
+                beam_size=self.caption_beam_size, max_len=self.caption_max_len, num_captions=self.num_captions,
+                length_penalty=self.length_penalty, block_repeats=self.block_repeats,
+            )
+            for r, c in zip(results, captions):
+                r.update(c)
         return results

@@ -26,19 +26,27 @@ __all__ = ["ImageCaptionEvaluator", "evaluate_image_captioner"]
 
 
 class ImageCaptionEvaluator:
-    """Collects (image, generated caption, references) pairs; ``evaluate()`` gathers over ranks."""
+    """Collects (image, generated caption, references) pairs; ``evaluate()`` gathers over ranks.
 
-    def __init__(self) -> None:
+    The references are each input's ``refs_key`` list: ``gt_captions`` for the caption datasets,
+    ``gt_image_captions`` for a dense captioning dataset with whole-image captions (its images
+    without references are left out).
+    """
+
+    def __init__(self, refs_key: str = "gt_captions") -> None:
         self.rows: List[Dict] = []
+        self.refs_key = refs_key
 
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):
+            if not inp.get(self.refs_key) or out.get("image_caption") is None:
+                continue
             self.rows.append({
                 "image_id": inp.get("image_id"),
                 "file_name": os.path.basename(str(inp.get("file_name", ""))),
                 "caption": out["image_caption"],
                 "logprob": float(out["image_caption_logprob"]),
-                "refs": list(inp["gt_captions"]),
+                "refs": list(inp[self.refs_key]),
             })
 
     def evaluate(self) -> Dict:
@@ -46,7 +54,7 @@ class ImageCaptionEvaluator:
 
         rows = [r for part in comm.all_gather(self.rows) for r in part]
         if not rows:
-            raise ValueError("image caption evaluation: no image was captioned")
+            raise ValueError(f"image caption evaluation: no image was captioned (or none had '{self.refs_key}' references)")
         gts = {k: r["refs"] for k, r in enumerate(rows)}
         res = {k: r["caption"] for k, r in enumerate(rows)}
         metrics = caption_metrics(gts, res)

@@ -1,0 +1,117 @@
+"""Does the attention look at what the word names? Grounding of whole-image caption attention in
+the ground-truth regions of a dense captioning dataset.
+
+For every word ``w`` of an image's generated caption that some, but not all, of the image's
+ground-truth region captions contain (so "a", "and" and words no region mentions, such as
+"background", are left out), take the regions whose captions contain ``w`` and the attention
+map the model used to emit ``w``:
+
+    mass   attention on the cells whose centres lie in those regions (the map sums to 1)
+    share  the fraction of the image's cells that lie in them (what uniform attention would give)
+
+``ratio = mean(mass) / mean(share)``: 1 = no better than uniform attention, higher = the maps
+follow the named regions. ``entropy`` is the mean entropy of the maps (nats) next to that of the
+uniform map over the image's cells (``entropy_uniform``).
+
+Inputs per image (what ``DenseCapDataset`` yields and the joint model returns in eval):
+``inputs[i]["instances"]`` with ``gt_boxes`` (R, 4) xyxy in the resized frame and ``gt_captions``
+(R, T) word ids; ``inputs[i]["image"]`` (3, H', W'); ``outputs[i]`` with ``image_caption`` (str),
+``attention`` (n_words, h, w) and ``attention_cell`` (cell_h, cell_w) in resized-input pixels.
+
+:class:`ReferenceAttentionGrounding` measures the same on the attention the model uses to *read*
+each image's reference captions (teacher forcing), which does not depend on what beam search
+chooses to say (a model that answers "three shapes on a dark background" names no region).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import numpy as np
+
+from densecap.data.tokenizer import Vocabulary
+from densecap.utils import comm
+
+__all__ = ["AttentionGrounding", "ReferenceAttentionGrounding"]
+
+
+class AttentionGrounding:
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self.rows: List[Dict] = []  # one per grounded word
+
+    def process(self, inputs, outputs) -> None:
+        for inp, out in zip(inputs, outputs):
+            att = out.get("attention")
+            cell = out.get("attention_cell")
+            inst = inp.get("instances")
+            if att is None or cell is None or inst is None or len(inst) == 0:
+                continue
+            att = np.asarray(att, dtype=np.float64)  # n h w
+            words = str(out.get("image_caption", "")).split()
+            if att.ndim != 3 or att.shape[0] != len(words) or not words:
+                continue
+            H, W = (int(s) for s in inp["image"].shape[-2:])
+            h, w = att.shape[1:]
+            cy = (np.arange(h) + 0.5) * float(cell[0])  # h, cell centres in resized pixels
+            cx = (np.arange(w) + 0.5) * float(cell[1])  # w
+            valid = (cy[:, None] < H) & (cx[None, :] < W)  # h w
+            n_valid = int(valid.sum())
+            if n_valid == 0:
+                continue
+            boxes = np.asarray(inst.gt_boxes, dtype=np.float64).reshape(-1, 4)  # R 4
+            inside = ((cy[None, :, None] >= boxes[:, 1, None, None]) & (cy[None, :, None] < boxes[:, 3, None, None])
+                      & (cx[None, None, :] >= boxes[:, 0, None, None]) & (cx[None, None, :] < boxes[:, 2, None, None]))  # R h w
+            region_words = [set(int(t) for t in row if t > 0) for row in np.asarray(inst.gt_captions)]
+            for t, word in enumerate(words):
+                wid = self.vocab.token_to_idx.get(word)
+                if wid is None or wid < 4:  # special tokens (<UNK>) name nothing
+                    continue
+                named = np.array([wid in s for s in region_words])
+                if not named.any() or named.all():
+                    continue
+                mask = inside[named].any(axis=0) & valid  # h w
+                a = att[t] * valid
+                total = float(a.sum())
+                if total <= 0:
+                    continue
+                p = a[valid] / total
+                self.rows.append({
+                    "word": word,
+                    "mass": float(a[mask].sum() / total),
+                    "share": float(mask.sum() / n_valid),
+                    "entropy": float(-(p[p > 0] * np.log(p[p > 0])).sum()),
+                    "entropy_uniform": math.log(n_valid),
+                })
+
+    def evaluate(self) -> Dict:
+        rows = [r for part in comm.all_gather(self.rows) for r in part]
+        if not rows:
+            return {"num_words": 0}
+        mass = float(np.mean([r["mass"] for r in rows]))
+        share = float(np.mean([r["share"] for r in rows]))
+        return {
+            "num_words": len(rows),
+            "mass": round(mass, 4),
+            "share": round(share, 4),
+            "ratio": round(mass / max(share, 1e-12), 3),
+            "entropy": round(float(np.mean([r["entropy"] for r in rows])), 3),
+            "entropy_uniform": round(float(np.mean([r["entropy_uniform"] for r in rows])), 3),
+        }
+
+
+class ReferenceAttentionGrounding(AttentionGrounding):
+    """:class:`AttentionGrounding` of the attention over each image's reference captions, read by
+    the model with teacher forcing (``model.image_caption_attention(inputs)``)."""
+
+    def __init__(self, model, vocab: Vocabulary) -> None:
+        super().__init__(vocab)
+        self.model = getattr(model, "module", model)  # DDP-wrapped or not
+
+    def process(self, inputs, outputs) -> None:
+        for inp, ref in zip(inputs, self.model.image_caption_attention(inputs)):
+            if ref is None:
+                continue
+            for caption, att in zip(ref["captions"], ref["attention"]):
+                n = len(caption.split())
+                super().process([inp], [{"image_caption": caption, "attention": att[:n], "attention_cell": ref["attention_cell"]}])
