@@ -3,9 +3,13 @@
 Stages (each reuses what a previous run already finished, so a second run is quick):
 
 1. ``data``:  generate the synthetic Visual-Genome-format dataset and prepare it -> ``output/demo/data``
-2. ``train``: train ``configs/synthetic/densecap_small.yaml`` -> ``output/demo/model_final.pth``
-3. ``eval``:  DenseCap mAP on the test split -> ``output/demo/eval.json``
-4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/, index.html)
+2. ``train``: train ``configs/synthetic/densecap_small_joint.yaml`` (the dense captioner and a
+   soft-attention whole-image caption head on one backbone) -> ``output/demo/model_final.pth``
+3. ``eval``:  DenseCap mAP on the test split, and the whole-image captions' BLEU/METEOR/ROUGE-L/CIDEr
+   and attention grounding -> ``output/demo/eval.json``
+4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/,
+   index.html; every image with its regions and its whole-image caption), and the per-word
+   attention figures of the first test images -> ``output/demo/attention/attention/*.png``
 5. ``retrieve``: index the test images (``output/demo/retrieval_index``) and run an example text
    query in fast and exact mode -> ``output/demo/retrieval/`` (hits JSON and contact sheets)
 
@@ -24,7 +28,7 @@ import time
 logger = logging.getLogger("densecap.demo")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "synthetic", "densecap_small.yaml")
+CONFIG = os.path.join(ROOT, "configs", "synthetic", "densecap_small_joint.yaml")
 
 
 def _run(cmd) -> None:
@@ -61,7 +65,7 @@ def stage_train(out: str, prepared: str, config: str, extra) -> str:
     return final
 
 
-def stage_eval(out: str, prepared: str, config: str, weights: str) -> dict:
+def stage_eval(out: str, prepared: str, config: str, weights: str, extra=()) -> dict:
     path = os.path.join(out, "eval.json")
     if os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(weights):
         logger.info("eval: reusing %s", path)
@@ -69,7 +73,7 @@ def stage_eval(out: str, prepared: str, config: str, weights: str) -> dict:
             return json.load(f)
     _run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config, "--eval-only",
           *dataset_opts(prepared, out), "DATASETS.TEST", f"('{prepared}:test',)", "TEST.MAX_IMAGES", "0",
-          "MODEL.WEIGHTS", weights])
+          "MODEL.WEIGHTS", weights, *extra])
     with open(path) as f:
         return json.load(f)
 
@@ -87,6 +91,28 @@ def stage_infer(out: str, data: str, weights: str) -> str:
     _run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), "--weights", weights, "--input", *inputs,
           "--output", infer])
     return infer
+
+
+def stage_attention(out: str, data: str, weights: str, num_images: int = 6) -> str:
+    """Attention figures (tools/infer.py --attention-maps) for the first test images, when the
+    checkpoint has an attention-based whole-image caption head."""
+    from densecap.engine.checkpoint import cfg_from_checkpoint, load_checkpoint
+
+    att = os.path.join(out, "attention")
+    cfg = cfg_from_checkpoint(load_checkpoint(weights))
+    if not cfg.MODEL.IMAGE_CAPTION.ENABLED or cfg.MODEL.IMAGE_CAPTION.HEAD == "nic":
+        return ""
+    if os.path.exists(os.path.join(att, "results.json")) and os.path.getmtime(
+        os.path.join(att, "results.json")
+    ) > os.path.getmtime(weights):
+        logger.info("attention: reusing %s", att)
+        return att
+    with open(os.path.join(data, "densecap_splits.json")) as f:
+        test_ids = json.load(f)["test"][:num_images]
+    inputs = [os.path.join(data, "images", f"{i}.jpg") for i in test_ids]
+    _run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), "--weights", weights, "--input", *inputs,
+          "--output", att, "--image-caption", "--num-captions", "3", "--attention-maps"])
+    return att
 
 
 def stage_retrieve(out: str, data: str, weights: str, query: str) -> str:
@@ -119,11 +145,14 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     prepared = stage_data(out, args.num_images, args.seed)
     weights = stage_train(out, prepared, args.config_file, args.opts)
-    metrics = stage_eval(out, prepared, args.config_file, weights)
+    metrics = stage_eval(out, prepared, args.config_file, weights, args.opts)
     infer = stage_infer(out, os.path.dirname(prepared), weights)
+    stage_attention(out, os.path.dirname(prepared), weights)
     retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query)
-    logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f; results in %s (open %s; retrieval hits in %s)",
-                time.time() - t0, metrics.get("map", float("nan")), metrics.get("detmap", float("nan")), out,
+    ic = metrics.get("image_caption") or {}
+    logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f, whole-image CIDEr %.3f; results in %s (open %s; "
+                "retrieval hits in %s)", time.time() - t0, metrics.get("map", float("nan")),
+                metrics.get("detmap", float("nan")), ic.get("cider", float("nan")), out,
                 os.path.join(infer, "index.html"), retrieval)
     return 0
 

@@ -11,7 +11,9 @@ def test_demo_pipeline_toy_scale(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "densecap.demo", "--output", str(out), "--num-images", "20",
            "--config-file", os.path.join(ROOT, "configs", "synthetic", "densecap_tiny.yaml"),
-           "SOLVER.MAX_ITER", "4", "MODEL.EMBEDDING.ENABLED", "True"]
+           "SOLVER.MAX_ITER", "4", "MODEL.EMBEDDING.ENABLED", "True", "MODEL.IMAGE_CAPTION.ENABLED", "True",
+           "MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT", "1", "MODEL.IMAGE_CAPTION.EMBED_SIZE", "16",
+           "MODEL.IMAGE_CAPTION.HIDDEN_SIZE", "16", "MODEL.IMAGE_CAPTION.ATTENTION_SIZE", "16"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     for rel in ("data/images", "data/region_descriptions.json", "data/captions.json", "data/prepared/test.npz",
@@ -20,10 +22,13 @@ def test_demo_pipeline_toy_scale(tmp_path):
         assert (out / rel).exists(), rel
     ev = json.loads((out / "eval.json").read_text())
     assert ev["dataset"].endswith(":test") and 0 <= ev["map"] <= 100
+    assert {"cider", "bleu4", "attention_grounding"} <= set(ev["image_caption"])  # the joint whole-image head
     res = json.loads((out / "infer" / "results.json").read_text())
     test_ids = json.loads((out / "data" / "densecap_splits.json").read_text())["test"]
     assert sorted(r["image_id"] for r in res["results"]) == sorted(test_ids) and not res["errors"]
     assert len(os.listdir(out / "infer" / "vis")) == len(test_ids)
+    assert all(isinstance(r["image_caption"], str) for r in res["results"])
+    assert len(os.listdir(out / "attention" / "attention")) == min(6, len(test_ids))  # per-word attention figures
     hits = json.loads((out / "retrieval" / "fast.json").read_text())
     assert hits and set(hits[0]) >= {"image", "box", "score", "caption"}
     # idempotent: a second run reuses every stage's output

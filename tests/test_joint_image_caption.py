@@ -244,3 +244,49 @@ def test_attention_grounding_known_values():
     g2.process([{"image": torch.zeros(3, 16, 12), "instances": inst}],
                [{"image_caption": "red", "attention": att[1:2], "attention_cell": (8.0, 8.0)}])
     assert g2.evaluate()["share"] == pytest.approx(0.5)
+
+
+def test_word_region_masks_and_supervision_loss():
+    from densecap.data.tokenizer import Vocabulary
+    from densecap.modeling.image_caption.attach import word_region_masks
+    from densecap.modeling.image_caption.losses import attention_supervision_loss
+
+    vocab = Vocabulary(["a", "red", "circle", "blue", "square", "background"])
+    ids = vocab.token_to_idx
+    cap = torch.tensor([[ids["red"], ids["circle"], ids["a"], ids["background"], 0]])  # 1 T
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [8.0, 0.0, 16.0, 16.0]])  # the right one covers two cells
+    region_caps = torch.tensor([[ids["a"], ids["red"], ids["circle"]], [ids["a"], ids["blue"], ids["square"]]])
+    m = word_region_masks(cap, boxes, region_caps, stride=8.0, shape=(2, 2))  # 1 T 2 2
+    assert m.shape == (1, 5, 2, 2)
+    assert m[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]] and m[0, 1].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert m[0, 2:].sum() == 0  # "a" is in every region caption; "background" and PAD in none
+    blue = word_region_masks(torch.tensor([[ids["blue"]]]), boxes, region_caps, 8.0, (2, 2))
+    assert blue[0, 0].tolist() == [[0.0, 1.0], [0.0, 1.0]]
+
+    alpha = torch.full((1, 3, 4), 0.25, requires_grad=True)  # B S L
+    regions = torch.zeros(1, 3, 4, dtype=torch.bool)
+    regions[0, 0, 0] = True  # step 0: one cell of four -> mass 0.25
+    regions[0, 1, :2] = True  # step 1: two cells -> mass 0.5
+    regions[0, 2, :] = True  # step 2: masked out by step_mask
+    total, count = attention_supervision_loss(alpha, regions, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert int(count) == 2 and float(total) == pytest.approx(-np.log(0.25) - np.log(0.5), rel=1e-5)
+    total.backward()
+    assert alpha.grad[0, 0, 0] < 0 and alpha.grad[0, 2].abs().sum() == 0
+
+
+def test_attention_supervision_in_joint_training(tiny_cfg):
+    cfg = _joint(tiny_cfg)
+    cfg.MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT = 1.0
+    vocab = load_train_vocab(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab)
+    model.train()
+    losses = model(_batch(cfg, vocab))
+    att = losses["loss_image_caption_attention"]
+    assert torch.isfinite(att) and float(att.detach()) > 0  # synthetic captions name the regions' colours and shapes
+    score = model.image_caption_head.attention.score.weight
+    (g,) = torch.autograd.grad(att, score)
+    assert float(g.abs().sum()) > 0
+    # off by default (Xu et al.'s unsupervised attention): no such loss
+    cfg.MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT = 0.0
+    assert "loss_image_caption_attention" not in build_model(cfg, vocab).train()(_batch(cfg, vocab))

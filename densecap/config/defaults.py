@@ -144,6 +144,11 @@ _C.MODEL.IMAGE_CAPTION.DOUBLY_STOCHASTIC_WEIGHT = 1.0
 _C.MODEL.IMAGE_CAPTION.ENTROPY_WEIGHT = 0.01
 _C.MODEL.IMAGE_CAPTION.BASELINE_DECAY = 0.9
 _C.MODEL.IMAGE_CAPTION.HARD_EXPECTATION_PROB = 0.5
+# Joint training only (SAT heads): supervise the attention with the region annotations, the
+# "attention correctness" of Liu et al. (AAAI 2017): for each caption word that some (not all) of
+# the image's region captions contain, add -log(attention mass on those regions' cells), times
+# this weight ("loss_image_caption_attention"). 0 = Xu et al.'s unsupervised attention.
+_C.MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT = 0.0
 # Multiplier of all image-caption losses (joint training).
 _C.MODEL.IMAGE_CAPTION.LOSS_WEIGHT = 1.0
 # Caption length: training captions are truncated to MAX_TOKENS words; decoding runs at most

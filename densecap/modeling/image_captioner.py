@@ -128,7 +128,7 @@ class ImageCaptioner(nn.Module):
         if not self.training:
             return self.inference(feats, mask, batched_inputs)
         caps = [d["image_captions"].to(feats.device) for d in batched_inputs]
-        feats, mask, captions = training_captions(feats, mask, caps, self.train_captions)
+        feats, mask, captions, _ = training_captions(feats, mask, caps, self.train_captions)
         return self.head(feats, captions, mask)
 
     @torch.no_grad()

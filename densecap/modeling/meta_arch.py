@@ -207,7 +207,9 @@ class DenseCapModel(nn.Module):
         if self.image_caption_head is not None:
             feats, mask = self._image_caption_features(features, sizes)
             caps = [x.get("image_captions") for x in batched_inputs]
-            losses.update(caption_losses(self.image_caption_head, feats, mask, caps, self.image_caption_train))
+            stride = float(self.backbone.strides[self.image_caption_feature])
+            losses.update(caption_losses(self.image_caption_head, feats, mask, caps, self.image_caption_train,
+                                         gt_instances=gt, stride=stride))
         return losses
 
     def _image_caption_features(self, features: Dict[str, Tensor], sizes: List[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:

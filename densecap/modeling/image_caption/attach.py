@@ -19,6 +19,7 @@ __all__ = [
     "pick_feature",
     "feature_valid_mask",
     "training_captions",
+    "word_region_masks",
     "caption_losses",
     "caption_outputs",
     "CAPTION_OUTPUT_KEYS",
@@ -44,14 +45,16 @@ def feature_valid_mask(sizes: Tensor, stride: int, shape: Tuple[int, int]) -> Te
     return (ys < hs[:, None, None]) & (xs < ws[:, None, None])
 
 
-def training_captions(feats: Tensor, mask: Tensor, caps: Sequence[Tensor], mode: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """The (features, mask, captions) one training step sees.
+def training_captions(feats: Tensor, mask: Tensor, caps: Sequence[Tensor], mode: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The (features, mask, captions, source image index) one training step sees.
 
     feats (B, C, H, W), mask (B, H, W), caps: B tensors (K_b, T) of word ids (K_b >= 1).
     ``mode`` "sample": one of each image's captions drawn at random -> captions (B, T');
     "all": every caption, features repeated -> (sum K_b, C, H, W), captions (sum K_b, T').
-    T' = the longest caption of the step (trailing all-PAD columns are cut).
+    T' = the longest caption of the step (trailing all-PAD columns are cut); ``src`` (B' ,) int64:
+    the image each caption belongs to.
     """
+    src = torch.arange(len(caps), device=feats.device)  # B
     if mode == "sample":
         picks = [int(torch.randint(len(c), ())) for c in caps]
         captions = torch.stack([c[k] for c, k in zip(caps, picks)])  # B T
@@ -59,15 +62,53 @@ def training_captions(feats: Tensor, mask: Tensor, caps: Sequence[Tensor], mode:
         counts = torch.tensor([len(c) for c in caps], device=feats.device)
         feats = feats.repeat_interleave(counts, dim=0)  # BK C H W
         mask = mask.repeat_interleave(counts, dim=0)  # BK H W
+        src = src.repeat_interleave(counts)  # BK
         captions = torch.cat(list(caps), 0)  # BK T
     else:
         raise ValueError(f"MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS must be 'sample' or 'all', got {mode!r}")
     t = int((captions != PAD).sum(1).max().clamp(min=1))
-    return feats, mask, captions[:, :t]
+    return feats, mask, captions[:, :t], src
 
 
-def caption_losses(head: ImageCaptionHead, feats: Tensor, mask: Tensor, caps: Sequence[Optional[Tensor]], mode: str) -> Dict[str, Tensor]:
+def word_region_masks(captions: Tensor, gt_boxes: Tensor, gt_captions: Tensor, stride: float, shape: Tuple[int, int]) -> Tensor:
+    """Where each word of an image's caption is, from the image's ground-truth regions.
+
+    captions (K, T) word ids of whole-image captions; gt_boxes (G, 4) xyxy in input pixels and
+    gt_captions (G, Tr) word ids of the image's region captions; ``shape`` = (H, W) of a feature
+    grid with cells of ``stride`` pixels. A word is *grounded* when some, but not all, of the
+    regions' captions contain it (special tokens never are); its mask holds the cells whose centres
+    lie in those regions. Returns float (K, T, H, W), all zero for words that are not grounded.
+    """
+    H, W = shape
+    K, T = captions.shape
+    if gt_boxes.numel() == 0:
+        return torch.zeros((K, T, H, W), device=captions.device)
+    cy = (torch.arange(H, device=gt_boxes.device, dtype=torch.float32) + 0.5) * stride  # H
+    cx = (torch.arange(W, device=gt_boxes.device, dtype=torch.float32) + 0.5) * stride  # W
+    b = gt_boxes.float()
+    inside = ((cy[None, :, None] >= b[:, 1, None, None]) & (cy[None, :, None] < b[:, 3, None, None])
+              & (cx[None, None, :] >= b[:, 0, None, None]) & (cx[None, None, :] < b[:, 2, None, None]))  # G H W
+    contains = (captions[:, :, None, None] == gt_captions[None, None, :, :]).any(-1)  # K T G
+    grounded = contains.any(-1) & ~contains.all(-1) & (captions >= 4)  # K T
+    masks = (contains.float().flatten(0, 1) @ inside.float().flatten(1)).view(K, T, H, W) > 0  # K T H W
+    return (masks & grounded[:, :, None, None]).float()
+
+
+def caption_losses(
+    head: ImageCaptionHead,
+    feats: Tensor,
+    mask: Tensor,
+    caps: Sequence[Optional[Tensor]],
+    mode: str,
+    *,
+    gt_instances: Optional[Sequence] = None,
+    stride: float = 1.0,
+) -> Dict[str, Tensor]:
     """The head's ``loss_image_caption*`` dict over the images that have captions.
+
+    With ``gt_instances`` (per image ``gt_boxes`` xyxy in input pixels, ``gt_captions``) and a head
+    that supervises its attention (``attention_supervision_weight > 0``), each grounded word's
+    region mask (:func:`word_region_masks`, feature cells of ``stride`` pixels) is passed on.
 
     ``caps[b]`` is image b's (K, T) captions, or None / an empty tensor when it has none (a
     dense captioning image outside the caption file). When no image of the batch has one, the
@@ -75,12 +116,21 @@ def caption_losses(head: ImageCaptionHead, feats: Tensor, mask: Tensor, caps: Se
     rank of a DDP job then reports the same loss keys, and the step stays differentiable.
     """
     keep = [b for b, c in enumerate(caps) if c is not None and len(c) > 0 and bool((c != PAD).any())]
+    supervise = gt_instances is not None and float(getattr(head, "attention_supervision_weight", 0.0)) > 0
     if not keep:
         dummy = torch.full((1, 1), min(4, head.vocab_size - 1), dtype=torch.long, device=feats.device)  # a word id
-        return {k: v * 0.0 for k, v in head(feats[:1], dummy, mask[:1]).items()}
+        regions = torch.zeros((1, 1) + tuple(feats.shape[-2:]), device=feats.device) if supervise else None
+        return {k: v * 0.0 for k, v in head(feats[:1], dummy, mask[:1], word_regions=regions).items()}
     idx = torch.tensor(keep, device=feats.device)
-    f, m, captions = training_captions(feats[idx], mask[idx], [caps[b].to(feats.device) for b in keep], mode)
-    return head(f, captions, m)
+    f, m, captions, src = training_captions(feats[idx], mask[idx], [caps[b].to(feats.device) for b in keep], mode)
+    regions = None
+    if supervise:
+        regions = torch.cat([
+            word_region_masks(captions[j : j + 1], gt_instances[keep[int(s)]].gt_boxes, gt_instances[keep[int(s)]].gt_captions,
+                              stride, tuple(feats.shape[-2:]))
+            for j, s in enumerate(src.tolist())
+        ])  # B' T H W
+    return head(f, captions, m, word_regions=regions)
 
 
 @torch.no_grad()

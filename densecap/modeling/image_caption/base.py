@@ -116,9 +116,14 @@ class ImageCaptionHead(nn.Module):
     def static_outputs(self, state: Any) -> Dict[str, Any]:
         return {}
 
-    def forward(self, features: Tensor, captions: Tensor, valid_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        """Training losses (weighted by ``loss_weight``). captions (B, T) int64, 0-padded."""
+    def forward(self, features: Tensor, captions: Tensor, valid_mask: Optional[Tensor] = None,
+                word_regions: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Training losses (weighted by ``loss_weight``). captions (B, T) int64, 0-padded.
+        ``word_regions`` (B, T, H, W) float on the feature grid: where each word is (ground-truth
+        regions; zeros for words without one), for heads that supervise their attention."""
         outputs = self.decode_teacher(features, captions, valid_mask, mode="train" if self.training else "test")
+        if word_regions is not None:
+            outputs["word_regions"] = word_regions
         return self.losses(outputs)
 
     def losses(self, outputs: Dict[str, Tensor]) -> Dict[str, Tensor]:

@@ -72,6 +72,7 @@ def _sat(cfg, vocab: Vocabulary, in_channels: int, hard: bool) -> ImageCaptionHe
         hard_expectation_prob=c.HARD_EXPECTATION_PROB,
         pool_size=c.FEATURE_POOL_SIZE,
         loss_weight=c.LOSS_WEIGHT,
+        attention_supervision_weight=c.ATTENTION_SUPERVISION_WEIGHT,
     )
 
 

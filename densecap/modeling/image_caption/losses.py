@@ -6,6 +6,9 @@ Shapes: B: images, S: decoding steps (words + END), V: vocabulary, L: feature-gr
 """
 from __future__ import annotations
 
+from typing import Tuple
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -15,6 +18,7 @@ __all__ = [
     "doubly_stochastic_penalty",
     "attention_entropy",
     "reinforce_attention_loss",
+    "attention_supervision_loss",
 ]
 
 
@@ -56,3 +60,17 @@ def reinforce_attention_loss(att_logits: Tensor, samples: Tensor, advantage: Ten
     logp = F.log_softmax(att_logits.masked_fill(~loc_mask[:, None, :], float("-inf")), dim=-1)  # B S L
     sampled = logp.gather(-1, samples.unsqueeze(-1)).squeeze(-1) * step_mask  # B S
     return -advantage.detach() * sampled.sum(dim=1)
+
+
+def attention_supervision_loss(alpha: Tensor, regions: Tensor, step_mask: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """Attention supervised by ground-truth regions (the "attention correctness" of Liu et al.,
+    AAAI 2017): ``-log sum_{i in R_t} alpha_ti`` for every step whose word has a region mask.
+
+    alpha (B, S, L) attention weights; regions (B, S, L) bool, the cells of the regions that name
+    step t's word (all False for words without one); step_mask (B, S). Returns the summed loss and
+    the number of supervised steps (the caller normalises).
+    """
+    supervised = regions.any(dim=-1) & (step_mask > 0)  # B S
+    mass = (alpha * regions.to(alpha.dtype)).sum(dim=-1)  # B S
+    nll = -torch.log(mass.clamp(min=eps)) * supervised.to(alpha.dtype)  # B S
+    return nll.sum(), supervised.sum()

@@ -31,7 +31,13 @@ from torch import Tensor, nn
 from densecap.data.tokenizer import Vocabulary
 
 from .base import ImageCaptionHead
-from .losses import attention_entropy, doubly_stochastic_penalty, reinforce_attention_loss, token_logprobs
+from .losses import (
+    attention_entropy,
+    attention_supervision_loss,
+    doubly_stochastic_penalty,
+    reinforce_attention_loss,
+    token_logprobs,
+)
 
 
 def pool_grid(features: Tensor, valid_mask: Optional[Tensor], size: int) -> Tuple[Tensor, Tensor]:
@@ -86,6 +92,7 @@ class SATHead(ImageCaptionHead):
         hard_expectation_prob: float = 0.5,
         pool_size: int = 0,
         loss_weight: float = 1.0,
+        attention_supervision_weight: float = 0.0,
     ) -> None:
         super().__init__(vocab=vocab, embed=embed, loss_weight=loss_weight)
         E, C, D = embed.embedding_dim, int(in_channels), int(hidden_size)
@@ -95,6 +102,9 @@ class SATHead(ImageCaptionHead):
         self.baseline_decay = float(baseline_decay)
         self.hard_expectation_prob = float(hard_expectation_prob)
         self.pool_size = int(pool_size)
+        # weight of -log(attention mass on the regions that name the word), when the caller passes
+        # word_regions (joint training with region annotations); 0 = Xu et al.'s unsupervised attention
+        self.attention_supervision_weight = float(attention_supervision_weight)
         self.test_attention = "expectation"
         self.attention = AdditiveAttention(C, D, int(attention_size))
         self.init_h = nn.Linear(C, D)
@@ -161,6 +171,16 @@ class SATHead(ImageCaptionHead):
         step_mask, loc = outputs["step_mask"], outputs["loc_mask"]
         n_tokens = step_mask.sum().clamp(min=1.0)
         losses: Dict[str, Tensor] = {}
+        if self.attention_supervision_weight > 0 and "word_regions" in outputs:
+            h, w = outputs["grid"]
+            wr = outputs["word_regions"]  # B T H' W' on the backbone grid
+            B, T = wr.shape[:2]
+            if tuple(wr.shape[-2:]) != (h, w):  # to the attention grid: a cell counts if it overlaps a region
+                wr = F.adaptive_max_pool2d(wr.flatten(0, 1).unsqueeze(1), (h, w)).view(B, T, h, w)
+            regions = torch.zeros_like(outputs["alpha"], dtype=torch.bool)  # B S L
+            regions[:, :T] = (wr.flatten(2) > 0) & loc[:, None, :]
+            total, count = attention_supervision_loss(outputs["alpha"], regions, step_mask)
+            losses["loss_image_caption_attention"] = self.attention_supervision_weight * total / count.clamp(min=1)
         if self.doubly_stochastic_weight > 0:
             pen = doubly_stochastic_penalty(outputs["alpha"], step_mask, loc.float())  # B
             losses["loss_image_caption_doubly_stochastic"] = self.doubly_stochastic_weight * pen.sum() / n_tokens
