@@ -67,7 +67,7 @@ def stage_train(out: str, prepared: str, config: str, extra) -> str:
 
 def stage_eval(out: str, prepared: str, config: str, weights: str, extra=()) -> dict:
     path = os.path.join(out, "eval.json")
-    if os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(weights):
+    if _newer_than(path, weights):
         logger.info("eval: reusing %s", path)
         with open(path) as f:
             return json.load(f)
@@ -78,16 +78,21 @@ def stage_eval(out: str, prepared: str, config: str, weights: str, extra=()) -> 
         return json.load(f)
 
 
+def _test_images(data: str):
+    with open(os.path.join(data, "densecap_splits.json")) as f:
+        return [os.path.join(data, "images", f"{i}.jpg") for i in json.load(f)["test"]]
+
+
+def _newer_than(path: str, weights: str) -> bool:
+    return os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(weights)
+
+
 def stage_infer(out: str, data: str, weights: str) -> str:
     infer = os.path.join(out, "infer")
-    if os.path.exists(os.path.join(infer, "index.html")) and os.path.getmtime(
-        os.path.join(infer, "results.json")
-    ) > os.path.getmtime(weights):
+    if os.path.exists(os.path.join(infer, "index.html")) and _newer_than(os.path.join(infer, "results.json"), weights):
         logger.info("infer: reusing %s", infer)
         return infer
-    with open(os.path.join(data, "densecap_splits.json")) as f:
-        test_ids = json.load(f)["test"]
-    inputs = [os.path.join(data, "images", f"{i}.jpg") for i in test_ids]
+    inputs = _test_images(data)
     _run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), "--weights", weights, "--input", *inputs,
           "--output", infer])
     return infer
@@ -102,14 +107,10 @@ def stage_attention(out: str, data: str, weights: str, num_images: int = 6) -> s
     cfg = cfg_from_checkpoint(load_checkpoint(weights))
     if not cfg.MODEL.IMAGE_CAPTION.ENABLED or cfg.MODEL.IMAGE_CAPTION.HEAD == "nic":
         return ""
-    if os.path.exists(os.path.join(att, "results.json")) and os.path.getmtime(
-        os.path.join(att, "results.json")
-    ) > os.path.getmtime(weights):
+    if _newer_than(os.path.join(att, "results.json"), weights):
         logger.info("attention: reusing %s", att)
         return att
-    with open(os.path.join(data, "densecap_splits.json")) as f:
-        test_ids = json.load(f)["test"][:num_images]
-    inputs = [os.path.join(data, "images", f"{i}.jpg") for i in test_ids]
+    inputs = _test_images(data)[:num_images]
     _run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), "--weights", weights, "--input", *inputs,
           "--output", att, "--image-caption", "--num-captions", "3", "--attention-maps"])
     return att
@@ -118,9 +119,7 @@ def stage_attention(out: str, data: str, weights: str, num_images: int = 6) -> s
 def stage_retrieve(out: str, data: str, weights: str, query: str) -> str:
     index = os.path.join(out, "retrieval_index")
     res = os.path.join(out, "retrieval")
-    with open(os.path.join(data, "densecap_splits.json")) as f:
-        test_ids = json.load(f)["test"]
-    inputs = [os.path.join(data, "images", f"{i}.jpg") for i in test_ids]
+    inputs = _test_images(data)
     tool = os.path.join(ROOT, "tools", "retrieve.py")
     # incremental: a second run skips the images already indexed with this checkpoint
     _run([sys.executable, tool, "index", "--weights", weights, "--index", index, "--input", *inputs])

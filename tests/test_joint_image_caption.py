@@ -269,7 +269,7 @@ def test_word_region_masks_and_supervision_loss():
     regions[0, 1, :2] = True  # step 1: two cells -> mass 0.5
     regions[0, 2, :] = True  # step 2: masked out by step_mask
     total, count = attention_supervision_loss(alpha, regions, torch.tensor([[1.0, 1.0, 0.0]]))
-    assert int(count) == 2 and float(total) == pytest.approx(-np.log(0.25) - np.log(0.5), rel=1e-5)
+    assert int(count) == 2 and float(total.detach()) == pytest.approx(-np.log(0.25) - np.log(0.5), rel=1e-5)
     total.backward()
     assert alpha.grad[0, 0, 0] < 0 and alpha.grad[0, 2].abs().sum() == 0
 

@@ -639,3 +639,24 @@ def test_kmeans_separable():
     assert (labels2 == labels).all() and inertia2 == inertia
     with pytest.raises(ValueError):
         kmeans(x[:2], 3)
+
+
+def test_train_only_embedding_head_through_the_trainer(tiny_cfg):
+    """configs/synthetic/embedding_small.yaml's path: the trainer with MODEL.TRAIN_ONLY on a DenseCap
+    model. The frozen RPN still samples training boxes (it follows train()), only the head changes."""
+    from densecap.engine.trainer import Trainer
+
+    tiny_cfg.MODEL.EMBEDDING.ENABLED = True
+    tiny_cfg.MODEL.EMBEDDING.DIM = 16
+    tiny_cfg.MODEL.EMBEDDING.WORD_SIZE = 16
+    tiny_cfg.MODEL.EMBEDDING.HIDDEN_SIZE = 16
+    tiny_cfg.MODEL.TRAIN_ONLY = ["embedding_head"]
+    tiny_cfg.SOLVER.MAX_ITER = 2
+    tiny_cfg.DATASETS.TEST = ()
+    trainer = Trainer(tiny_cfg)
+    model = getattr(trainer.model, "module", trainer.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.train()
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])}
+    assert changed == {"embedding_head"}

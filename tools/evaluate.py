@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         atomic_write_json(args.output, result, indent=2)
         print(f"wrote {args.output}")
     elif not args.quiet:
-        print(json.dumps({k: result[k] for k in ("map", "detmap") if k in result}))
+        keys = ("bleu4", "meteor", "rougeL", "cider") if args.task == "caption" else ("map", "detmap")
+        print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0
 
 

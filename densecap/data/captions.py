@@ -49,7 +49,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from .dataset import collate  # noqa: F401  (the collate function for CaptionDataset too)
 from .image_io import ImageReadError, read_image, resize_longest_side
 from .json_stream import load_json
-from .tokenizer import PAD, Vocabulary, tokenize
+from .tokenizer import Vocabulary, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -218,12 +218,7 @@ class CaptionDataset(Dataset):
 
     def encode_captions(self, captions: Sequence[Sequence[str]]) -> torch.Tensor:
         """(K, T) int64 word ids, 0-padded, truncated to ``max_tokens`` words."""
-        T = self.max_tokens
-        out = np.full((len(captions), T), PAD, dtype=np.int64)
-        for k, toks in enumerate(captions):
-            ids = self.vocab.encode(toks[:T])
-            out[k, : len(ids)] = ids
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.vocab.encode_padded(captions, self.max_tokens))
 
     def __getitem__(self, i: int) -> Optional[Dict]:
         r = self.records[i]

@@ -31,7 +31,7 @@ from densecap.structures import Instances, xywh_to_xyxy
 
 from .image_io import ImageReadError, read_image, resize_longest_side
 from .prepared import PreparedSplit, load_split, load_vocab
-from .tokenizer import PAD, Vocabulary
+from .tokenizer import Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,7 @@ class DenseCapDataset(Dataset):
 
     def encode_image_captions(self, captions: Sequence[Sequence[str]]) -> torch.Tensor:
         """(K, T) int64 word ids, 0-padded, truncated to ``image_caption_max_tokens`` words."""
-        T = self.image_caption_max_tokens
-        out = np.full((len(captions), T), PAD, dtype=np.int64)
-        for k, toks in enumerate(captions):
-            ids = self.vocab.encode(toks[:T])
-            out[k, : len(ids)] = ids
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.vocab.encode_padded(captions, self.image_caption_max_tokens))
 
     def __len__(self) -> int:
         return self.num_images

@@ -15,6 +15,8 @@ import unicodedata
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
+
 # The original's replacement table, applied in this order before anything else.
 REPLACEMENTS = (
     ("\u00bd", "half"),  # ½
@@ -85,6 +87,15 @@ class Vocabulary:
 
     def encode(self, tokens: Iterable[str]) -> List[int]:
         return [self.token_to_idx.get(t, UNK) for t in tokens]
+
+    def encode_padded(self, captions: Sequence[Sequence[str]], max_tokens: int) -> np.ndarray:
+        """(K, max_tokens) int64 word ids of K token lists, 0-padded (``<PAD>``), each truncated to
+        ``max_tokens`` words, no START/END."""
+        out = np.full((len(captions), int(max_tokens)), PAD, dtype=np.int64)
+        for k, toks in enumerate(captions):
+            ids = self.encode(toks[: int(max_tokens)])
+            out[k, : len(ids)] = ids
+        return out
 
     def decode(self, ids: Iterable[int], stop_at_end: bool = True) -> List[str]:
         out = []
