@@ -108,6 +108,13 @@ def test_joint_eval_outputs_regions_and_image_caption(tiny_cfg):
         # 128-px input, stride 8 -> a 16x16 attention grid; each cell covers 8x8 input pixels
         assert tuple(o["attention"].shape) == (n_words, 16, 16)
         assert o["attention_cell"] == (8.0, 8.0)
+    # the attention over the reference captions (teacher forcing), always in eval mode
+    refs = model.image_caption_attention(batch)
+    k, t = batch[0]["image_captions"].shape
+    assert refs[0]["attention"].shape == (k, t, 16, 16) and len(refs[0]["captions"]) == k
+    model.train()
+    again = model.image_caption_attention(batch)
+    assert model.training and torch.allclose(again[0]["attention"], refs[0]["attention"])
 
 
 def test_train_only_the_head_on_a_frozen_model(tiny_cfg):

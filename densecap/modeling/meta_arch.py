@@ -58,8 +58,10 @@ class DenseCapModel(nn.Module):
     positives-based losses (still differentiable) while objectness learns from their negatives.
     With an image-caption head (``MODEL.IMAGE_CAPTION.ENABLED``, the same backbone feature map):
     also ``loss_image_caption`` (+ ``loss_image_caption_doubly_stochastic`` for attention heads,
-    ``loss_image_caption_reinforce`` / ``_entropy`` for hard attention) over the batch's images
-    that have ``image_captions`` (0 when none has). With the embedding head: ``loss_embed``.
+    ``loss_image_caption_reinforce`` / ``_entropy`` for hard attention, and
+    ``loss_image_caption_attention`` when MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT > 0: the
+    attention supervised by the ``instances``' boxes) over the batch's images that have
+    ``image_captions`` (0 when none has). With the embedding head: ``loss_embed``.
 
     Eval (``model.eval()``): returns a list of N dicts ``{"instances": Instances((height, width),
         pred_boxes float32 (R, 4) [x, y, w, h] ORIGINAL-image pixels, sorted by score descending
@@ -229,6 +231,15 @@ class DenseCapModel(nn.Module):
         head = self.image_caption_head
         if head is None or not getattr(head, "has_attention", False):
             return [None] * len(batched_inputs)
+        was_training = self.training
+        self.eval()
+        try:
+            return self._image_caption_attention(batched_inputs)
+        finally:
+            self.train(was_training)
+
+    def _image_caption_attention(self, batched_inputs: Sequence[Dict]) -> List[Optional[Dict]]:
+        head = self.image_caption_head
         images, sizes = self.preprocess_image(batched_inputs)
         feats, mask = self._image_caption_features(self.backbone(images), sizes)  # N C h w, N h w
         stride = float(self.backbone.strides[self.image_caption_feature])
