@@ -164,10 +164,17 @@ def test_joint_training_evaluation_and_infer(tiny_cfg, tmp_path):
     assert (out / "attention" / "1.png").is_file()
 
 
-def test_missing_caption_file_is_named(tiny_cfg, tmp_path):
+def test_missing_or_unmatched_caption_file_is_named(tiny_cfg, tmp_path):
     cfg = _joint(tiny_cfg)
     cfg.DATASETS.IMAGE_CAPTIONS = str(tmp_path / "nope.json")
     with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_train_vocab(cfg)
+    # a caption file whose ids match no training image: a config mistake, said as such
+    other = tmp_path / "captions_train2014.json"
+    other.write_text(json.dumps({"images": [{"id": 999999, "file_name": "x.jpg"}],
+                                 "annotations": [{"image_id": 999999, "caption": "a cat"}]}))
+    cfg.DATASETS.IMAGE_CAPTIONS = str(other)
+    with pytest.raises(ValueError, match="IMAGE_CAPTIONS_MATCH"):
         load_train_vocab(cfg)
 
 

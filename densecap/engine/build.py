@@ -56,6 +56,12 @@ def load_train_vocab(cfg) -> Vocabulary:
         counts: Counter = Counter()
         for name in cfg.DATASETS.TRAIN:
             ds = build_dataset(cfg, name, is_train=True, vocab=vocab)
+            if len(ds) and ds.num_images_with_captions() == 0:
+                raise ValueError(
+                    f"MODEL.IMAGE_CAPTION.ENABLED: no image of {name} has a caption in "
+                    f"{image_captions_path(cfg, resolve_dataset(cfg, name)[0])} when matched by "
+                    f"{cfg.DATASETS.IMAGE_CAPTIONS_MATCH!r} (check DATASETS.IMAGE_CAPTIONS_MATCH: 'image_id' or 'coco_id')"
+                )
             for i in range(len(ds)):
                 for toks in ds.image_caption_tokens(i):
                     counts.update(toks)
