@@ -304,3 +304,37 @@ def test_attention_supervision_in_joint_training(tiny_cfg):
     # off by default (Xu et al.'s unsupervised attention): no such loss
     cfg.MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT = 0.0
     assert "loss_image_caption_attention" not in build_model(cfg, vocab).train()(_batch(cfg, vocab))
+
+
+def test_start_from_a_joint_checkpoint_with_a_dense_only_config(tiny_cfg, tmp_path):
+    """embedding_small.yaml's path on a joint demo checkpoint: the trainer keeps the checkpoint's
+    (longer) vocabulary, drops the image-caption head's weights, and trains."""
+    from densecap.engine.checkpoint import load_checkpoint
+    from densecap.engine.trainer import Trainer
+
+    cfg = _joint(tiny_cfg.clone())
+    cfg.SOLVER.MAX_ITER = 1
+    cfg.DATASETS.TEST = ()
+    Trainer(cfg).train()
+    joint_ckpt = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    joint_vocab = load_checkpoint(joint_ckpt)["vocab"]["idx_to_token"]
+
+    dense = tiny_cfg.clone()
+    dense.MODEL.WEIGHTS = joint_ckpt
+    dense.MODEL.TRAIN_ONLY = ["embedding_head"]
+    dense.MODEL.EMBEDDING.ENABLED = True
+    dense.SOLVER.MAX_ITER = 1
+    dense.DATASETS.TEST = ()
+    dense.OUTPUT_DIR = str(tmp_path / "emb")
+    trainer = Trainer(dense)
+    assert trainer.vocab.idx_to_token == joint_vocab
+    trainer.train()
+
+    # a checkpoint whose vocabulary is not an extension of the data's: refused, with the reason
+    ckpt = load_checkpoint(joint_ckpt)
+    ckpt["vocab"]["idx_to_token"] = ckpt["vocab"]["idx_to_token"][:4] + ["zebra"] + ckpt["vocab"]["idx_to_token"][5:]
+    bad = str(tmp_path / "bad.pth")
+    torch.save(ckpt, bad)
+    dense.MODEL.WEIGHTS = bad
+    with pytest.raises(ValueError, match="another vocabulary"):
+        Trainer(dense)

@@ -44,13 +44,37 @@ def check_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
         raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {bad}; all losses: {shown}")
 
 
+def _training_vocab(cfg, init: Optional[dict]) -> Vocabulary:
+    """The training data's vocabulary (``load_train_vocab``), or, when training starts from a
+    checkpoint (MODEL.WEIGHTS) whose vocabulary extends it (e.g. a joint model's whole-image caption
+    words after the region words), the checkpoint's: its caption layers are sized for it and the
+    data's word ids mean the same in both. Any other difference is an error."""
+    data = load_train_vocab(cfg)
+    if init is None or not init.get("vocab"):
+        return data
+    ckpt = Vocabulary.from_dict(init["vocab"])
+    if ckpt == data:
+        return data
+    if ckpt.idx_to_token[: len(data)] == data.idx_to_token:
+        logger.info("vocabulary of %s: the training data's %d tokens + %d more, kept", cfg.MODEL.WEIGHTS, len(data), len(ckpt) - len(data))
+        return ckpt
+    raise ValueError(
+        f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} was trained with another vocabulary ({len(ckpt)} tokens) than the "
+        f"training data's ({len(data)} tokens, {cfg.DATASETS.TRAIN[0]}): its word ids would mean other words"
+    )
+
+
 class Trainer:
     def __init__(self, cfg, *, resume: bool = False, vocab: Optional[Vocabulary] = None) -> None:
         from densecap.modeling import build_model
 
         self.cfg = cfg
         self.out = cfg.OUTPUT_DIR
-        self.vocab = vocab if vocab is not None else load_train_vocab(cfg)
+        last = os.path.join(self.out, LAST)
+        init = None
+        if not (resume and os.path.isfile(last)) and cfg.MODEL.WEIGHTS:
+            init = load_checkpoint(cfg.MODEL.WEIGHTS)
+        self.vocab = vocab if vocab is not None else _training_vocab(cfg, init)
         torch.manual_seed(cfg.SEED + comm.get_rank())
         self.device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg, self.vocab).to(self.device)
@@ -58,13 +82,11 @@ class Trainer:
         self.elapsed = 0.0
         self.best_metric: Optional[float] = None
         ckpt = None
-        last = os.path.join(self.out, LAST)
         if resume and os.path.isfile(last):
             ckpt = load_checkpoint(last)
             model.load_state_dict(ckpt["model"])
             logger.info("resuming from %s at iteration %d", last, ckpt["iteration"])
-        elif cfg.MODEL.WEIGHTS:
-            init = load_checkpoint(cfg.MODEL.WEIGHTS)
+        elif init is not None:
             missing, unexpected = model.load_state_dict(init["model"], strict=False)
             logger.info("initialised from %s (missing %s, unexpected %s)", cfg.MODEL.WEIGHTS, missing, unexpected)
         self.model = model
