@@ -25,6 +25,13 @@ def _joint(cfg, head="sat_soft", train_captions="all"):
     return cfg
 
 
+def _model(cfg):
+    """The joint model (seeded) and its vocabulary."""
+    vocab = load_train_vocab(cfg)
+    torch.manual_seed(0)
+    return build_model(cfg, vocab), vocab
+
+
 def _batch(cfg, vocab, n=2):
     ds = build_dataset(cfg, cfg.DATASETS.TRAIN[0], is_train=False, vocab=vocab)
     return [ds[i] for i in range(n)]
@@ -50,9 +57,7 @@ def test_one_vocabulary_region_words_first(tiny_cfg, synthetic_root):
 @pytest.mark.parametrize("head", ["nic", "sat_soft", "sat_hard"])
 def test_joint_losses_train_the_shared_backbone(tiny_cfg, head):
     cfg = _joint(tiny_cfg, head)
-    vocab = load_train_vocab(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, vocab)
+    model, vocab = _model(cfg)
     model.train()
     losses = model(_batch(cfg, vocab))
     expected = {"loss_image_caption"}
@@ -70,9 +75,7 @@ def test_joint_losses_train_the_shared_backbone(tiny_cfg, head):
 
 def test_images_without_captions_only_train_regions(tiny_cfg):
     cfg = _joint(tiny_cfg)
-    vocab = load_train_vocab(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, vocab)
+    model, vocab = _model(cfg)
     model.train()
     batch = _batch(cfg, vocab)
     alone = model(batch[:1])["loss_image_caption"]
@@ -91,9 +94,7 @@ def test_images_without_captions_only_train_regions(tiny_cfg):
 def test_joint_eval_outputs_regions_and_image_caption(tiny_cfg):
     cfg = _joint(tiny_cfg)
     cfg.MODEL.IMAGE_CAPTION.NUM_CAPTIONS = 2
-    vocab = load_train_vocab(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, vocab)
+    model, vocab = _model(cfg)
     model.eval()
     batch = _batch(cfg, vocab)
     out = model(batch)
@@ -291,9 +292,7 @@ def test_word_region_masks_and_supervision_loss():
 def test_attention_supervision_in_joint_training(tiny_cfg):
     cfg = _joint(tiny_cfg)
     cfg.MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT = 1.0
-    vocab = load_train_vocab(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, vocab)
+    model, vocab = _model(cfg)
     model.train()
     losses = model(_batch(cfg, vocab))
     att = losses["loss_image_caption_attention"]
