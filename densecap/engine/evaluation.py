@@ -6,7 +6,6 @@ rank (``map``, ``detmap``, every AP, plus caption-accuracy figures for region ca
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Optional
 
@@ -71,9 +70,9 @@ def evaluate_dense(cfg, model: torch.nn.Module, vocab: Vocabulary) -> dict:
     evaluators = [evaluator, accuracy]
     image_captions = None  # the whole-image captions of a joint model (MODEL.IMAGE_CAPTION.ENABLED)
     if getattr(getattr(model, "module", model), "image_caption_head", None) is not None and dataset.num_images_with_captions():
-        from densecap.modeling.image_caption.evaluate import ImageCaptionEvaluator
-
         from densecap.evaluation.attention_grounding import AttentionGrounding, ReferenceAttentionGrounding
+        from densecap.modeling.image_caption.evaluate import ImageCaptionEvaluator
+        from densecap.modeling.image_caption.evaluate import report as report_image_captions
 
         image_captions = ImageCaptionEvaluator(refs_key="gt_image_captions")
         # does each word's attention fall on the regions it names? (generated and reference captions)
@@ -90,14 +89,7 @@ def evaluate_dense(cfg, model: torch.nn.Module, vocab: Vocabulary) -> dict:
         results["image_caption"]["attention_grounding"] = grounding.evaluate()
         results["image_caption"]["attention_grounding_references"] = grounding_refs.evaluate()
         if comm.is_main_process():
-            ic = results["image_caption"]
-            logger.info("%s whole-image captions: CIDEr %.3f BLEU-4 %.3f METEOR %.3f (%d images)",
-                        name, ic["cider"], ic["bleu4"], ic["meteor"], ic["num_images"])
-            from densecap.utils.io import atomic_write_json
-
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            ic["predictions_file"] = os.path.join(cfg.OUTPUT_DIR, "image_caption_predictions.json")
-            atomic_write_json(ic["predictions_file"], image_captions.predictions, indent=1)
+            report_image_captions(results["image_caption"], image_captions, cfg.OUTPUT_DIR, name)
     results["dataset"] = name
     results["num_images"] = len(dataset)
     results["seconds_inference"] = round(t1 - t0, 2)

@@ -28,8 +28,10 @@ import math
 from typing import Dict, List
 
 import numpy as np
+import torch
 
-from densecap.data.tokenizer import Vocabulary
+from densecap.data.tokenizer import UNK, Vocabulary
+from densecap.modeling.image_caption.attach import cell_centres_in_boxes, grounded_words
 from densecap.utils import comm
 
 __all__ = ["AttentionGrounding", "ReferenceAttentionGrounding"]
@@ -52,25 +54,20 @@ class AttentionGrounding:
             if att.ndim != 3 or att.shape[0] != len(words) or not words:
                 continue
             H, W = (int(s) for s in inp["image"].shape[-2:])
-            h, w = att.shape[1:]
-            cy = (np.arange(h) + 0.5) * float(cell[0])  # h, cell centres in resized pixels
-            cx = (np.arange(w) + 0.5) * float(cell[1])  # w
-            valid = (cy[:, None] < H) & (cx[None, :] < W)  # h w
+            shape = tuple(att.shape[1:])  # h w
+            # cells whose centres lie on the image (not padding), and in each ground-truth region
+            valid = cell_centres_in_boxes(torch.tensor([[0.0, 0.0, W, H]]), cell, shape)[0].numpy()  # h w
             n_valid = int(valid.sum())
             if n_valid == 0:
                 continue
-            boxes = np.asarray(inst.gt_boxes, dtype=np.float64).reshape(-1, 4)  # R 4
-            inside = ((cy[None, :, None] >= boxes[:, 1, None, None]) & (cy[None, :, None] < boxes[:, 3, None, None])
-                      & (cx[None, None, :] >= boxes[:, 0, None, None]) & (cx[None, None, :] < boxes[:, 2, None, None]))  # R h w
-            region_words = [set(int(t) for t in row if t > 0) for row in np.asarray(inst.gt_captions)]
+            inside = cell_centres_in_boxes(torch.as_tensor(inst.gt_boxes), cell, shape).numpy()  # R h w
+            ids = torch.tensor([[self.vocab.token_to_idx.get(w, UNK) for w in words]])  # 1 n
+            contains, grounded = grounded_words(ids, torch.as_tensor(inst.gt_captions).long())  # 1 n R, 1 n
+            contains, grounded = contains[0].numpy(), grounded[0].numpy()
             for t, word in enumerate(words):
-                wid = self.vocab.token_to_idx.get(word)
-                if wid is None or wid < 4:  # special tokens (<UNK>) name nothing
+                if not grounded[t]:
                     continue
-                named = np.array([wid in s for s in region_words])
-                if not named.any() or named.all():
-                    continue
-                mask = inside[named].any(axis=0) & valid  # h w
+                mask = inside[contains[t]].any(axis=0) & valid  # h w
                 a = att[t] * valid
                 total = float(a.sum())
                 if total <= 0:

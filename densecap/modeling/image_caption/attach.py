@@ -6,7 +6,7 @@ N: captions returned per image.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -19,6 +19,8 @@ __all__ = [
     "pick_feature",
     "feature_valid_mask",
     "training_captions",
+    "cell_centres_in_boxes",
+    "grounded_words",
     "word_region_masks",
     "caption_losses",
     "caption_outputs",
@@ -70,26 +72,44 @@ def training_captions(feats: Tensor, mask: Tensor, caps: Sequence[Tensor], mode:
     return feats, mask, captions[:, :t], src
 
 
-def word_region_masks(captions: Tensor, gt_boxes: Tensor, gt_captions: Tensor, stride: float, shape: Tuple[int, int]) -> Tensor:
+def cell_centres_in_boxes(boxes: Tensor, stride: Union[float, Tuple[float, float]], shape: Tuple[int, int]) -> Tensor:
+    """(G, H, W) bool: which cells of an (H, W) grid with cells of ``stride`` pixels (one number,
+    or (cell_h, cell_w)), starting at the top-left, have their centre inside each xyxy box (G, 4)."""
+    sy, sx = (float(stride), float(stride)) if isinstance(stride, (int, float)) else (float(stride[0]), float(stride[1]))
+    H, W = shape
+    b = boxes.float().reshape(-1, 4)
+    cy = (torch.arange(H, device=b.device, dtype=torch.float32) + 0.5) * sy  # H
+    cx = (torch.arange(W, device=b.device, dtype=torch.float32) + 0.5) * sx  # W
+    return ((cy[None, :, None] >= b[:, 1, None, None]) & (cy[None, :, None] < b[:, 3, None, None])
+            & (cx[None, None, :] >= b[:, 0, None, None]) & (cx[None, None, :] < b[:, 2, None, None]))  # G H W
+
+
+def grounded_words(captions: Tensor, gt_captions: Tensor) -> Tuple[Tensor, Tensor]:
+    """Which region captions name each caption word. captions (K, T) and gt_captions (G, Tr) word
+    ids -> ``contains`` (K, T, G) bool and ``grounded`` (K, T) bool: some, but not all, of the
+    regions' captions contain the word ("a" is in all of them; "background" in none), and it is not
+    a special token."""
+    contains = (captions[:, :, None, None] == gt_captions[None, None, :, :]).any(-1)  # K T G
+    grounded = contains.any(-1) & ~contains.all(-1) & (captions >= 4)  # K T
+    return contains, grounded
+
+
+def word_region_masks(captions: Tensor, gt_boxes: Tensor, gt_captions: Tensor,
+                      stride: Union[float, Tuple[float, float]], shape: Tuple[int, int]) -> Tensor:
     """Where each word of an image's caption is, from the image's ground-truth regions.
 
     captions (K, T) word ids of whole-image captions; gt_boxes (G, 4) xyxy in input pixels and
     gt_captions (G, Tr) word ids of the image's region captions; ``shape`` = (H, W) of a feature
-    grid with cells of ``stride`` pixels. A word is *grounded* when some, but not all, of the
-    regions' captions contain it (special tokens never are); its mask holds the cells whose centres
-    lie in those regions. Returns float (K, T, H, W), all zero for words that are not grounded.
+    grid with cells of ``stride`` pixels. For every grounded word (:func:`grounded_words`) the mask
+    holds the cells whose centres lie in the regions that name it. Returns float (K, T, H, W), all
+    zero for words that are not grounded.
     """
     H, W = shape
     K, T = captions.shape
     if gt_boxes.numel() == 0:
         return torch.zeros((K, T, H, W), device=captions.device)
-    cy = (torch.arange(H, device=gt_boxes.device, dtype=torch.float32) + 0.5) * stride  # H
-    cx = (torch.arange(W, device=gt_boxes.device, dtype=torch.float32) + 0.5) * stride  # W
-    b = gt_boxes.float()
-    inside = ((cy[None, :, None] >= b[:, 1, None, None]) & (cy[None, :, None] < b[:, 3, None, None])
-              & (cx[None, None, :] >= b[:, 0, None, None]) & (cx[None, None, :] < b[:, 2, None, None]))  # G H W
-    contains = (captions[:, :, None, None] == gt_captions[None, None, :, :]).any(-1)  # K T G
-    grounded = contains.any(-1) & ~contains.all(-1) & (captions >= 4)  # K T
+    inside = cell_centres_in_boxes(gt_boxes, stride, shape)  # G H W
+    contains, grounded = grounded_words(captions, gt_captions)  # K T G, K T
     masks = (contains.float().flatten(0, 1) @ inside.float().flatten(1)).view(K, T, H, W) > 0  # K T H W
     return (masks & grounded[:, :, None, None]).float()
 
@@ -125,10 +145,11 @@ def caption_losses(
     f, m, captions, src = training_captions(feats[idx], mask[idx], [caps[b].to(feats.device) for b in keep], mode)
     regions = None
     if supervise:
+        # src is sorted (each image's captions are consecutive): one mask computation per image
         regions = torch.cat([
-            word_region_masks(captions[j : j + 1], gt_instances[keep[int(s)]].gt_boxes, gt_instances[keep[int(s)]].gt_captions,
+            word_region_masks(captions[src == k], gt_instances[b].gt_boxes, gt_instances[b].gt_captions,
                               stride, tuple(feats.shape[-2:]))
-            for j, s in enumerate(src.tolist())
+            for k, b in enumerate(keep)
         ])  # B' T H W
     return head(f, captions, m, word_regions=regions)
 

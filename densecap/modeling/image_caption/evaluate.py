@@ -22,7 +22,7 @@ from densecap.utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageCaptionEvaluator", "evaluate_image_captioner"]
+__all__ = ["ImageCaptionEvaluator", "evaluate_image_captioner", "report"]
 
 
 class ImageCaptionEvaluator:
@@ -67,7 +67,6 @@ class ImageCaptionEvaluator:
 def evaluate_image_captioner(cfg, model: torch.nn.Module, vocab: Vocabulary) -> Dict:
     from densecap.data.captions import build_caption_dataset
     from densecap.engine.evaluation import run_inference
-    from densecap.utils.io import atomic_write_json
 
     name = cfg.DATASETS.TEST[0]
     dataset = build_caption_dataset(cfg, name, vocab, max_images=cfg.TEST.MAX_IMAGES)
@@ -80,13 +79,21 @@ def evaluate_image_captioner(cfg, model: torch.nn.Module, vocab: Vocabulary) -> 
     results["seconds_inference"] = round(t1 - t0, 2)
     results["seconds_metric"] = round(time.perf_counter() - t1, 2)
     if comm.is_main_process():
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        path = os.path.join(cfg.OUTPUT_DIR, "image_caption_predictions.json")
-        atomic_write_json(path, evaluator.predictions, indent=1)
-        results["predictions_file"] = path
-        logger.info(
-            "%s: CIDEr %.3f BLEU-4 %.3f METEOR %.3f ROUGE-L %.3f (%d images); e.g. %r",
-            name, results["cider"], results["bleu4"], results["meteor"], results["rougeL"],
-            results["num_images"], evaluator.predictions[0]["caption"],
-        )
+        report(results, evaluator, cfg.OUTPUT_DIR, name)
     return results
+
+
+def report(results: Dict, evaluator: ImageCaptionEvaluator, output_dir: str, name: str) -> None:
+    """Write ``output_dir/image_caption_predictions.json`` (its path goes to
+    ``results["predictions_file"]``) and log the metrics; main process only."""
+    from densecap.utils.io import atomic_write_json
+
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "image_caption_predictions.json")
+    atomic_write_json(path, evaluator.predictions, indent=1)
+    results["predictions_file"] = path
+    logger.info(
+        "%s whole-image captions: CIDEr %.3f BLEU-4 %.3f METEOR %.3f ROUGE-L %.3f (%d images); e.g. %r",
+        name, results["cider"], results["bleu4"], results["meteor"], results["rougeL"],
+        results["num_images"], evaluator.predictions[0]["caption"],
+    )
