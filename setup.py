@@ -22,8 +22,20 @@ setup(
         "pillow>=9.0",
         "numpy>=1.24",
         "pyyaml>=6.0",
+        # Torch7 checkpoints of the original DenseCap
+        "torchfile>=0.1.0",
+        # the HTTP service
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "python-multipart>=0.0.9",
+        "prometheus-client>=0.20",
+        # large retrieval indexes and export
+        "faiss-cpu>=1.8",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
     ],
     extras_require={
-        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "psutil>=5.9"],
+        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "psutil>=5.9", "httpx>=0.27", "selenium>=4.20",
+                "import-linter>=2.0"],
     },
 )

@@ -5,7 +5,7 @@ Standard library only: it runs before anything is installed. Steps, each skipped
 1. create ``.venv`` with the running Python (3.9+; 3.11 is what CI uses);
 2. install ``torch==2.14.1 torchvision==0.29.1`` (the pinned pair) when they are not there;
 3. ``pip install -e .[dev]`` when setup.py changed since the last install (a stamp in .venv);
-4. system packages the tests use (Java for METEOR, Chromium for the viewer test), via apt-get when
+4. system packages the tests use (Java for METEOR, Chromium and chromium-driver for the browser tests), via apt-get when
    running as root and they are missing; otherwise a printed note (the tests that need them then
    skip with a reason, and METEOR fails with a clear message);
 5. run the job: ``demo`` (python -m densecap.demo) or ``test`` (pytest).
@@ -68,11 +68,13 @@ def ensure_system_packages(job: str) -> None:
         wanted.append("default-jre-headless")
     if job == "test" and not (shutil.which("chromium") or shutil.which("chromium-browser")):
         wanted.append("chromium")
+    if job == "test" and not shutil.which("chromedriver"):
+        wanted.append("chromium-driver")
     if not wanted:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         log(f"missing system packages {wanted}: install them (apt-get install -y {' '.join(wanted)}); "
-            "METEOR needs Java, the viewer test needs Chromium")
+            "METEOR needs Java, the browser tests need Chromium and its driver")
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
