@@ -33,6 +33,8 @@ setup(
         "faiss-cpu>=1.8",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        # dataset validation against the shipped JSON Schemas
+        "jsonschema>=4.0",
     ],
     extras_require={
         "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "psutil>=5.9", "httpx>=0.27", "selenium>=4.20",
