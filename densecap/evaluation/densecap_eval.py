@@ -31,7 +31,8 @@ Protocol (``../shared/reference/densecap-original.md`` section 3):
    float32 and the thresholds the Lua loop's accumulated doubles rounded to float32, as under
    ``train.lua``'s ``torch.setdefaulttensortype('torch.FloatTensor')`` (a recall of exactly k/100
    reaches the point k/100); ``"double"`` is ``evaluate_model.lua``'s DoubleTensor run (float64
-   throughout, thresholds 0.030000000000000002 etc., which a recall of exactly 3/100 misses).
+   throughout; 83 of the accumulated thresholds lie just above k/100, e.g. 0.060000000000000005
+   and 0.5000000000000002, which a recall of exactly 6/100 or 1/2 misses).
 5. ``map`` = mean of the 30 APs with ``t_m >= 0``; ``detmap`` = mean of the 5 APs with
    ``t_m = -1`` (pure detection). Both and every AP are reported x100.
 
@@ -93,8 +94,9 @@ LUA_IMAGE_SIZE = 720  # the original preprocess.py's --image_size
 
 def _lua_recall_points_double() -> np.ndarray:
     """The original's ``for t=0,1,0.01``: a Lua number (double) accumulated step by step (100
-    values; the 101st would be 1.0000000000000007 > 1). Not k/100: e.g. the 4th is
-    0.030000000000000002, the 8th 0.07 + 1.4e-17, so a recall of exactly 3/100 misses it."""
+    values; the 101st would be 1.0000000000000007 > 1). 83 of them lie just above k/100 (k = 6
+    and 18..99, e.g. 0.060000000000000005, 0.5000000000000002), so a recall of exactly k/100
+    compared in double misses the point k/100."""
     pts, t = [], 0.0
     while t <= 1:
         pts.append(t)
