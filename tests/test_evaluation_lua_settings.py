@@ -357,3 +357,26 @@ def test_stable_sort_keeps_the_previous_numbers_with_ties():
     res = evaluate_dense_captions(g, p, table_scorer, stable_sort=True)
     assert res["map"] == pytest.approx(6.709909038245678, abs=1e-12)  # as before
     assert evaluate_dense_captions(g, p, table_scorer)["map"] == pytest.approx(7.3454458837707834, abs=1e-12)
+
+
+def test_images_in_the_gt_file_order_for_the_tie_order(tmp_path, fake_meteor):
+    # The original's DataLoader visits a split in the order of the preprocessed file, not of the
+    # split list. 12 images (ids 0..11 in the GT file), the split lists them reversed; all
+    # scores equal, only image 7 is found. In file order image 7 is record 7, which torch.sort
+    # ranks first: AP 9 (see test_global_ranking_ties_follow_torch_sort). --stable-sort keeps
+    # the split order: image 7 is the 5th record -> precision 1/5 -> 9/5.
+    regions = [{"id": i, "regions": [{"x": 0, "y": 0, "width": 10, "height": 10, "phrase": "cat"}]} for i in range(12)]
+    preds = [{"image_id": i, "boxes": [[0, 0, 10, 10] if i == 7 else [50, 50, 10, 10]], "scores": [0.5],
+              "captions": ["cat"]} for i in range(12)]
+    g, p = _write(tmp_path / "gt.json", regions), _write(tmp_path / "p.json", preds)
+    splits = _write(tmp_path / "splits.json", {"test": list(range(11, -1, -1))})
+    res = de.evaluate_dense_files(g, p, split_file=splits, split="test")
+    assert res["detmap"] == pytest.approx(9.0) and res["map"] == pytest.approx(9.0)
+    res2 = de.evaluate_dense_files(g, p, split_file=splits, split="test", stable_sort=True)
+    assert res2["detmap"] == pytest.approx(9.0 / 5) and res2["map"] == pytest.approx(9.0 / 5)
+    from densecap.evaluation.io import parse_vg_regions
+
+    g3, _ = parse_vg_regions(regions, image_ids=[5, 2, 9], file_order=True)
+    assert list(g3) == [2, 5, 9]
+    g4, _ = parse_vg_regions(regions, image_ids=[5, 2, 9], max_images=2, file_order=True)
+    assert list(g4) == [2, 5]  # the first 2 of the split, in file order

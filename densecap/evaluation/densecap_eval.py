@@ -861,7 +861,9 @@ def evaluate_dense_files(
     report (``split_images_missing_from_gt``, ``gt_regions_too_long``, ``gt_images_empty``) and,
     when the boxes look like the 720-pixel frame, ``warnings``. ``lua_tensor_type``,
     ``stable_sort``, ``empty_gt`` and ``lua_gt_boxes``: see :func:`evaluate_dense_captions`
-    (``empty_gt="ignore"`` drops empty images from the GT, as before). ``lua_gt_boxes`` needs
+    (``empty_gt="ignore"`` drops empty images from the GT, as before). Unless ``stable_sort``,
+    the chosen images are evaluated in the GT file's order, as the original's DataLoader visited
+    a split (so that tied scores are ranked as there). ``lua_gt_boxes`` needs
     image sizes: ``"width"``/``"height"`` in the GT entries or ``image_data_path`` (VG
     ``image_data.json``)."""
     from densecap.data.tokenizer import Vocabulary
@@ -873,7 +875,7 @@ def evaluate_dense_files(
     vocab = Vocabulary.load(vocab_path) if vocab_path else None
     gt, report = read_vg_gt(
         gt_path, split_file=split_file, split=split, vocab=vocab, max_tokens=max_tokens, max_images=max_images,
-        keep_empty=empty_gt == "fp",
+        keep_empty=empty_gt == "fp", file_order=not stable_sort,
     )
     if lua_gt_boxes:
         sizes = read_image_sizes(image_data_path) if image_data_path else {}

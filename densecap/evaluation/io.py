@@ -75,18 +75,23 @@ def parse_vg_regions(
     max_tokens: int = 15,
     max_images: int = 0,
     keep_empty: bool = False,
+    file_order: bool = False,
 ) -> Tuple[Dict[int, Dict[str, Any]], Dict[str, int]]:
     """Region descriptions -> (``{image_id: {"boxes" xywh, "captions"}}``, report counts).
 
     The evaluated images are ``image_ids`` in that order (default: the file's order), cut to the
-    first ``max_images`` (0 = all). Images with no region (left) are counted in
-    ``gt_images_empty`` and kept (with no boxes) only if ``keep_empty``."""
+    first ``max_images`` (0 = all); with ``file_order`` the chosen images are then put in the
+    order of ``entries``, the order the original's DataLoader visited a split in (it only
+    matters for tied scores). Images with no region (left) are counted in ``gt_images_empty``
+    and kept (with no boxes) only if ``keep_empty``."""
     by_id: Dict[int, Dict] = {}
+    file_pos: Dict[int, int] = {}
     for e in entries:
         iid = e.get("id", e.get("image_id"))
         if iid is None:
             raise ValueError("region descriptions entry without 'id' / 'image_id'")
         by_id[int(iid)] = e
+        file_pos.setdefault(int(iid), len(file_pos))
     order = [int(i) for i in image_ids] if image_ids is not None else list(by_id)
     missing = [i for i in order if i not in by_id]
     if missing:
@@ -123,6 +128,8 @@ def parse_vg_regions(
         for k in ("width", "height"):
             if by_id[iid].get(k) is not None:
                 gt[iid][k] = by_id[iid][k]
+    if file_order:
+        gt = {k: gt[k] for k in sorted(gt, key=file_pos.__getitem__)}
     if report["gt_images_empty"]:
         logger.warning(
             "%d GT images have no regions left%s", report["gt_images_empty"],
@@ -158,6 +165,7 @@ def read_vg_gt(
     max_tokens: int = 15,
     max_images: int = 0,
     keep_empty: bool = False,
+    file_order: bool = False,
 ) -> Tuple[Dict[int, Dict[str, Any]], Dict[str, int]]:
     """Read a VG ``region_descriptions.json`` (see :func:`parse_vg_regions`)."""
     entries = load_json(path, "ground truth")
@@ -174,7 +182,8 @@ def read_vg_gt(
     elif split:
         raise ValueError("--split needs --split-file (densecap_splits.json)")
     return parse_vg_regions(
-        entries, image_ids=ids, vocab=vocab, max_tokens=max_tokens, max_images=max_images, keep_empty=keep_empty
+        entries, image_ids=ids, vocab=vocab, max_tokens=max_tokens, max_images=max_images, keep_empty=keep_empty,
+        file_order=file_order,
     )
 
 
