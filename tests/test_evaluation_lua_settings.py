@@ -365,7 +365,8 @@ def test_images_in_the_gt_file_order_for_the_tie_order(tmp_path, fake_meteor):
     # scores equal, only image 7 is found. In file order image 7 is record 7, which torch.sort
     # ranks first: AP 9 (see test_global_ranking_ties_follow_torch_sort). --stable-sort keeps
     # the split order: image 7 is the 5th record -> precision 1/5 -> 9/5.
-    regions = [{"id": i, "regions": [{"x": 0, "y": 0, "width": 10, "height": 10, "phrase": "cat"}]} for i in range(12)]
+    box = {"x": 0, "y": 0, "width": 10, "height": 10, "phrase": "cat"}
+    regions = [{"id": i, "regions": [box]} for i in range(12)]
     preds = [{"image_id": i, "boxes": [[0, 0, 10, 10] if i == 7 else [50, 50, 10, 10]], "scores": [0.5],
               "captions": ["cat"]} for i in range(12)]
     g, p = _write(tmp_path / "gt.json", regions), _write(tmp_path / "p.json", preds)
