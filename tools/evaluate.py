@@ -5,7 +5,8 @@ Dense captioning (the DenseCap mAP, exactly the original protocol)::
 
     python tools/evaluate.py --gt region_descriptions.json --pred results.json \
         [--vocab vocab.json] [--split-file densecap_splits.json --split test] [--max-images N] \
-        [--no-unmatched-quirk] [--output metrics.json]
+        [--no-unmatched-quirk] [--lua-tensor-type {float,double}] [--stable-sort]
+        [--empty-gt {fp,ignore}] [--lua-gt-boxes [--image-data image_data.json]] [--output metrics.json]
 
 Whole-image captioning (BLEU-1..4, METEOR, ROUGE-L, CIDEr)::
 
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-unmatched-quirk", action="store_true",
                    help="dense: do not reproduce the original's used[-1] behaviour for predictions "
                         "overlapping no GT box")
+    p.add_argument("--lua-tensor-type", choices=("float", "double"), default="float",
+                   help="dense: the original's tensor type: float = train.lua's validation (FloatTensor, "
+                        "default), double = evaluate_model.lua (DoubleTensor: recall in float64 against "
+                        "the accumulated 0.01-step thresholds)")
+    p.add_argument("--stable-sort", action="store_true",
+                   help="dense: rank tied scores in input order instead of Torch7's torch.sort order")
+    p.add_argument("--empty-gt", choices=("fp", "ignore"), default="fp",
+                   help="dense: predictions for GT images without regions: false positives (default) "
+                        "or ignored")
+    p.add_argument("--lua-gt-boxes", action="store_true",
+                   help="dense: round GT boxes as the original pipeline did (integers in the 720-px frame, "
+                        "even sizes one pixel smaller); needs image sizes (GT 'width'/'height' or --image-data)")
+    p.add_argument("--image-data", default="", help="dense, with --lua-gt-boxes: VG image_data.json (image sizes)")
     p.add_argument("--output", default="", help="write the metrics JSON here")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the table")
     return p
@@ -63,6 +77,11 @@ def main(argv=None) -> int:
                 max_images=args.max_images,
                 max_tokens=args.max_tokens,
                 unmatched_quirk=not args.no_unmatched_quirk,
+                lua_tensor_type=args.lua_tensor_type,
+                stable_sort=args.stable_sort,
+                empty_gt=args.empty_gt,
+                lua_gt_boxes=args.lua_gt_boxes,
+                image_data_path=args.image_data or None,
             )
             table = format_results(result)
     except (MeteorError, FileNotFoundError, KeyError, ValueError) as e:

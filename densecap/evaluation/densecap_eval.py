@@ -27,8 +27,12 @@ Protocol (``../shared/reference/densecap-original.md`` section 3):
    ``tp = ok and iou >= t_iou and meteor > t_m`` (inclusive IoU, strict METEOR);
    precision/recall over the ranking with ``npos`` = number of merged GT boxes;
    AP = mean over the 100 recall points 0.00, 0.01 .. 0.99 of the max precision at recall >= t
-   (0 if never reached). Recall is compared in single precision as the original's FloatTensors
-   did (so a recall of exactly k/100 reaches the point k/100).
+   (0 if never reached). By default (``lua_tensor_type="float"``) recall and precision are
+   float32 and the thresholds the Lua loop's accumulated doubles rounded to float32, as under
+   ``train.lua``'s ``torch.setdefaulttensortype('torch.FloatTensor')`` (a recall of exactly k/100
+   reaches the point k/100); ``"double"`` is ``evaluate_model.lua``'s DoubleTensor run (float64
+   throughout; 83 of the accumulated thresholds lie just above k/100, e.g. 0.060000000000000005
+   and 0.5000000000000002, which a recall of exactly 6/100 or 1/2 misses).
 5. ``map`` = mean of the 30 APs with ``t_m >= 0``; ``detmap`` = mean of the 5 APs with
    ``t_m = -1`` (pure detection). Both and every AP are reported x100.
 
@@ -38,8 +42,10 @@ Defined behaviour for awkward inputs (never a crash deep inside):
   images); counted in ``ignored_pred_images`` / ``ignored_predictions`` and logged.
 * GT image with no predictions: its merged boxes count toward ``npos`` (recall); counted in
   ``gt_images_without_predictions``.
-* GT image with an empty region list: contributes nothing to ``npos``; its predictions are false
-  positives.
+* GT image with an empty region list (or none left after dropping junk regions): contributes
+  nothing to ``npos``; its predictions are false positives (``empty_gt="fp"``, the default, as
+  COCO counts them; the original could not evaluate such an image) or dropped
+  (``empty_gt="ignore"``); counted in ``empty_gt_images`` / ``empty_gt_predictions``.
 * empty predicted caption: METEOR 0, still a detection (counts for ``detmap``); counted in
   ``empty_captions``.
 * GT region with a non-finite coordinate or a negative width/height: dropped, counted in
@@ -50,8 +56,14 @@ Defined behaviour for awkward inputs (never a crash deep inside):
   undefined). Mismatched lengths of boxes/scores/captions: ``ValueError`` naming the image.
 * no GT box at all (``npos == 0``): every AP is 0, with a warning.
 
-Ties: predictions with equal scores keep their input order (stable sort), within an image and in
-the global ranking (the original's sort order on ties was unspecified).
+Ties: predictions with equal scores are ranked in the order Torch7's ``torch.sort(x, 1, true)``
+returns them (an unstable quicksort, :mod:`densecap.evaluation.torch_sort`), within an image
+(the matching order) and in the global ranking, as the original; ``stable_sort=True`` keeps
+input order instead. Without ties both are the same.
+
+GT boxes: used as given (continuous original pixels). ``lua_gt_boxes=True`` reproduces the
+original pipeline's integer boxes in the 720-pixel frame (:func:`lua_round_gt_boxes`), which needs
+each image's size.
 """
 from __future__ import annotations
 
@@ -63,6 +75,8 @@ import numpy as np
 
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 
+from .torch_sort import argsort_descending
+
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLDS: Tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -73,18 +87,39 @@ MERGE_THRESHOLD = 0.7
 Scorer = Callable[[Sequence[Tuple[str, Sequence[str]]]], Sequence[float]]
 
 
-def _lua_recall_points() -> np.ndarray:
-    """The original's ``for t=0,1,0.01``: t accumulated in double precision (100 values, the
-    101st is 1.0000000000000007 > 1), then compared against FloatTensor recalls (float32)."""
+LUA_TENSOR_TYPES: Tuple[str, ...] = ("float", "double")
+EMPTY_GT_POLICIES: Tuple[str, ...] = ("fp", "ignore")
+LUA_IMAGE_SIZE = 720  # the original preprocess.py's --image_size
+
+
+def _lua_recall_points_double() -> np.ndarray:
+    """The original's ``for t=0,1,0.01``: a Lua number (double) accumulated step by step (100
+    values; the 101st would be 1.0000000000000007 > 1). 83 of them lie just above k/100 (k = 6
+    and 18..99, e.g. 0.060000000000000005, 0.5000000000000002), so a recall of exactly k/100
+    compared in double misses the point k/100."""
     pts, t = [], 0.0
     while t <= 1:
         pts.append(t)
         t += 0.01
-    return np.asarray(pts, dtype=np.float64).astype(np.float32)
+    return np.asarray(pts, dtype=np.float64)
+
+
+def _lua_recall_points() -> np.ndarray:
+    """The same thresholds as a FloatTensor run compares them: ``torch.ge(rec, t)`` on a
+    FloatTensor converts ``t`` to float, so each accumulated double is rounded to float32 (and
+    lands on float32(k/100) for every k)."""
+    return _lua_recall_points_double().astype(np.float32)
 
 
 RECALL_POINTS = _lua_recall_points()  # (100,) float32: 0.00 .. 0.99
-assert RECALL_POINTS.shape == (100,)
+RECALL_POINTS_DOUBLE = _lua_recall_points_double()  # (100,) float64, as accumulated
+assert RECALL_POINTS.shape == RECALL_POINTS_DOUBLE.shape == (100,)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
 
 
 def ap_key(iou_threshold: float, meteor_threshold: float) -> str:
@@ -184,6 +219,58 @@ def validate_predictions(image_id: Hashable, pred: Mapping) -> Tuple[np.ndarray,
 # ------------------------------------------------------------------------------------------
 # the protocol, one step at a time
 # ------------------------------------------------------------------------------------------
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """Python 2's ``round()`` (what the original ``preprocess.py`` ran under): halves away from 0."""
+    a = np.abs(v)
+    r = np.floor(a)
+    r = r + (a - r >= 0.5)
+    return np.copysign(r, v)
+
+
+def lua_round_gt_boxes(
+    boxes_xywh: np.ndarray, width: float, height: float, *, image_size: int = LUA_IMAGE_SIZE
+) -> np.ndarray:
+    """GT boxes as the original pipeline handed them to its evaluator, in the input frame.
+
+    The original ``preprocess.py`` scaled each box to the frame whose longest side is
+    ``image_size`` (``s = image_size / max(height, width)``; VG coordinates taken as 1-based):
+    ``x' = round(s*(x-1)+1)``, ``w' = round(s*w)`` (Python 2 rounding), clamped to
+    ``1 <= x' <= image_size-1`` and ``x'+w' <= image_size``, and stored the integers
+    ``[x' + floor(w'/2), y' + floor(h'/2), w', h']`` (centre form). The evaluator received them
+    as an IntTensor and ``box_utils.xcycwh_to_x1y1x2y2`` converted them with integer division:
+    ``x1 = xc - (w'-1)/2``, ``x2 = xc + (w'-1)/2`` (C division, truncating), inclusive pixels,
+    so an even width (or height) comes back one pixel narrower, its left (top) edge one pixel
+    further in. Returned here as continuous ``[x1, y1, x2 - x1 + 1, y2 - y1 + 1]`` (the
+    convention of the original's xywh output) mapped back with the inverse of the scaling,
+    ``x = (x' - 1)/s + 1``, ``w = w'/s``. IoU is unchanged by that uniform map, so the APs are
+    those of the original's 720-pixel evaluation.
+
+    Args:
+        boxes_xywh: (R, 4) ``[x, y, w, h]`` in original pixels of an image of
+            ``width`` x ``height``.
+    Returns:
+        (R, 4) float64 ``[x, y, w, h]`` in the same frame.
+    """
+    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    if not (np.isfinite(width) and np.isfinite(height) and width > 0 and height > 0):
+        raise ValueError(f"image size must be positive, got width {width!r}, height {height!r}")
+    s = float(image_size) / max(float(height), float(width))
+    x = _round_half_away(s * (b[:, 0] - 1) + 1)
+    y = _round_half_away(s * (b[:, 1] - 1) + 1)
+    w = _round_half_away(s * b[:, 2])
+    h = _round_half_away(s * b[:, 3])
+    x, y = np.clip(x, 1, image_size - 1), np.clip(y, 1, image_size - 1)
+    w = np.where(x + w > image_size, image_size - x, w)
+    h = np.where(y + h > image_size, image_size - y, h)
+    xc, yc = x + np.floor(w / 2), y + np.floor(h / 2)  # stored as int32
+    hw, hh = np.trunc((w - 1) / 2), np.trunc((h - 1) / 2)  # IntTensor division truncates
+    x1, y1 = xc - hw, yc - hh
+    out = np.stack([x1, y1, 2 * hw + 1, 2 * hh + 1], axis=1)
+    out[:, :2] = (out[:, :2] - 1) / s + 1
+    out[:, 2:] = out[:, 2:] / s
+    return out
+
+
 def merge_gt_boxes(
     boxes_xyxy: np.ndarray, captions: Sequence[str], threshold: float = MERGE_THRESHOLD
 ) -> Tuple[np.ndarray, List[List[str]]]:
@@ -248,35 +335,58 @@ def match_predictions(
     return ok, ovmax, jmax
 
 
-def average_precision(tp_sorted: np.ndarray, npos: int) -> float:
+def average_precision(tp_sorted: np.ndarray, npos: int, *, lua_tensor_type: str = "float") -> float:
     """Max-interpolated AP over the 100 recall points, as the original (fraction, not x100).
 
     ``tp_sorted`` (K,) bool: true positives in ranking order; every other record is a false
-    positive."""
+    positive. ``lua_tensor_type``: the original's default tensor type. ``"float"``
+    (``train.lua``, which sets FloatTensor): cumulative tp/fp, recall and precision in float32,
+    thresholds rounded to float32. ``"double"`` (``evaluate_model.lua``, Torch's default
+    DoubleTensor): all in float64 with the accumulated double thresholds, so a recall of
+    exactly k/100 can miss the point k/100. Either way the 100 precisions are summed in order
+    in double precision and divided by 100, as the Lua loop does."""
+    _check_choice("lua_tensor_type", lua_tensor_type, LUA_TENSOR_TYPES)
     k = int(tp_sorted.shape[0])
     if npos <= 0 or k == 0:
         return 0.0
-    ctp = np.cumsum(tp_sorted, dtype=np.int64).astype(np.float32)  # K
-    rec = ctp / np.float32(npos)  # float32, as the original's FloatTensor
-    prec = ctp / np.arange(1, k + 1, dtype=np.float32)  # tp / (tp + fp)
+    dt = np.float32 if lua_tensor_type == "float" else np.float64
+    points = RECALL_POINTS if lua_tensor_type == "float" else RECALL_POINTS_DOUBLE
+    ctp = np.cumsum(tp_sorted, dtype=np.int64).astype(dt)  # K
+    rec = ctp / dt(npos)
+    prec = ctp / np.arange(1, k + 1, dtype=dt)  # tp / (tp + fp)
     best = np.maximum.accumulate(prec[::-1])[::-1]  # max precision from here on
-    idx = np.searchsorted(rec, RECALL_POINTS, side="left")  # first rank with rec >= t
+    idx = np.searchsorted(rec, points, side="left")  # first rank with rec >= t
     p = np.where(idx < k, best[np.minimum(idx, k - 1)].astype(np.float64), 0.0)
-    return float(p.sum() / len(RECALL_POINTS))
+    return float(np.cumsum(p)[-1] / len(points))  # ap = ap + p, in order; ap / apn
 
 
 def compute_aps(
-    scores: np.ndarray, ok: np.ndarray, iou: np.ndarray, meteor: np.ndarray, npos: int
+    scores: np.ndarray,
+    ok: np.ndarray,
+    iou: np.ndarray,
+    meteor: np.ndarray,
+    npos: int,
+    *,
+    lua_tensor_type: str = "float",
+    stable_sort: bool = False,
 ) -> Dict[str, Any]:
-    """All 35 APs from the records of all images. Returns ``map``, ``detmap`` and ``ap`` (x100)."""
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    """All 35 APs from the records of all images. Returns ``map``, ``detmap`` and ``ap`` (x100).
+
+    The records are ranked by descending score: on ties in Torch7's ``torch.sort`` order (the
+    original's; the records must then be in the original's order: image by image, each image's
+    in its own ranking order), or in input order with ``stable_sort=True``. ``lua_tensor_type``:
+    see :func:`average_precision`."""
+    _check_choice("lua_tensor_type", lua_tensor_type, LUA_TENSOR_TYPES)
+    order = argsort_descending(np.asarray(scores, dtype=np.float64), stable=stable_sort)
     ok, iou, meteor = ok[order], iou[order], meteor[order]
     aps: Dict[str, float] = {}
     with np.errstate(invalid="ignore"):  # unscored records (NaN) are never true positives
         for t_iou in IOU_THRESHOLDS:
             base = ok & (iou >= t_iou)
             for t_m in METEOR_THRESHOLDS:
-                aps[ap_key(t_iou, t_m)] = 100.0 * average_precision(base & (meteor > t_m), npos)
+                aps[ap_key(t_iou, t_m)] = 100.0 * average_precision(
+                    base & (meteor > t_m), npos, lua_tensor_type=lua_tensor_type
+                )
     lang = [aps[ap_key(a, b)] for a in IOU_THRESHOLDS for b in METEOR_THRESHOLDS if b >= 0]
     det = [aps[ap_key(a, -1.0)] for a in IOU_THRESHOLDS]
     return {"map": float(np.mean(lang)), "detmap": float(np.mean(det)), "ap": aps}
@@ -294,6 +404,10 @@ def evaluate_dense_captions(
     merge_threshold: float = MERGE_THRESHOLD,
     score_all_records: bool = False,
     return_records: bool = False,
+    lua_tensor_type: str = "float",
+    stable_sort: bool = False,
+    empty_gt: str = "fp",
+    lua_gt_boxes: bool = False,
 ) -> Dict[str, Any]:
     """The DenseCap mAP of ``pred_by_image`` against ``gt_by_image``.
 
@@ -309,13 +423,27 @@ def evaluate_dense_captions(
         score_all_records: also send records that cannot be true positives to the scorer.
         return_records: add ``records`` (per-record image_id, score, ok, iou, meteor, candidate,
             gt_index) to the result.
+        lua_tensor_type: ``"float"`` (default; the original under FloatTensor, as ``train.lua``
+            validates) or ``"double"`` (as ``evaluate_model.lua`` runs): see
+            :func:`average_precision`.
+        stable_sort: rank tied scores in input order instead of Torch7's ``torch.sort`` order
+            (the default, as the original, within each image and over all records).
+        empty_gt: predictions for a GT image without regions: ``"fp"`` (default) false
+            positives, ``"ignore"`` dropped (counted either way).
+        lua_gt_boxes: round the GT boxes as the original pipeline did (:func:`lua_round_gt_boxes`);
+            needs ``"width"`` and ``"height"`` (original pixels) in every GT entry.
 
     Returns:
         ``{"map", "detmap", "ap": {ap_key: AP}}`` (x100) plus counts: ``num_images``, ``npos``,
         ``num_gt_regions``, ``num_predictions``, ``num_meteor_pairs``, ``ignored_pred_images``,
         ``ignored_predictions``, ``gt_images_without_predictions``, ``gt_regions_dropped``,
-        ``empty_captions``, ``unmatched_quirk``, and ``timing`` (seconds).
+        ``empty_captions``, ``empty_gt_images`` (GT images without regions),
+        ``empty_gt_predictions`` (their predictions), the settings ``unmatched_quirk``,
+        ``lua_tensor_type``, ``stable_sort``, ``empty_gt``, ``lua_gt_boxes``, and ``timing``
+        (seconds).
     """
+    _check_choice("lua_tensor_type", lua_tensor_type, LUA_TENSOR_TYPES)
+    _check_choice("empty_gt", empty_gt, EMPTY_GT_POLICIES)
     t0 = time.perf_counter()
     ignored_imgs = [k for k in pred_by_image if k not in gt_by_image]
     ignored_preds = 0
@@ -341,12 +469,24 @@ def evaluate_dense_captions(
     dropped_imgs: List[Hashable] = []
     no_pred = 0
     empty_caps = 0
+    empty_gt_imgs = 0
+    empty_gt_preds = 0
     for img_index, (image_id, gt) in enumerate(gt_by_image.items()):
         gt_boxes, gt_caps, n_bad = validate_gt(image_id, gt)
         if n_bad:
             dropped += n_bad
             dropped_imgs.append(image_id)
+        if lua_gt_boxes and len(gt_boxes):
+            size = (gt.get("width"), gt.get("height"))
+            try:
+                gt_boxes = lua_round_gt_boxes(gt_boxes, float(size[0]), float(size[1]))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"ground truth for image {image_id!r}: lua_gt_boxes needs the image size "
+                    f"('width' and 'height' in original pixels), got {size}"
+                ) from None
         num_regions += len(gt_caps)
+        empty_gt_imgs += int(len(gt_caps) == 0)
         merged, refs = merge_gt_boxes(xywh_to_xyxy(gt_boxes), gt_caps, merge_threshold)
         npos += len(refs)
         ref_offset = len(all_refs)
@@ -359,7 +499,11 @@ def evaluate_dense_captions(
         if len(caps) == 0:
             no_pred += 1
             continue
-        order = np.argsort(-scores, kind="stable")  # descending score, stable on ties
+        if len(gt_caps) == 0:
+            empty_gt_preds += len(caps)
+            if empty_gt == "ignore":
+                continue
+        order = argsort_descending(scores, stable=stable_sort)  # as the original's torch.sort
         boxes, scores = boxes[order], scores[order]
         caps = [caps[i] for i in order]
         ok, ov, jmax = match_predictions(xywh_to_xyxy(boxes), merged, unmatched_quirk=unmatched_quirk)
@@ -377,6 +521,11 @@ def evaluate_dense_captions(
         )
     if no_pred:
         logger.info("%d GT images have no predictions (their GT boxes still count toward recall)", no_pred)
+    if empty_gt_preds:
+        logger.info(
+            "%d GT images have no regions; their %d predictions are %s", empty_gt_imgs, empty_gt_preds,
+            "false positives" if empty_gt == "fp" else "ignored (empty_gt='ignore')",
+        )
 
     def _cat(parts, dtype):
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
@@ -435,7 +584,9 @@ def evaluate_dense_captions(
     t2 = time.perf_counter()
     if npos == 0:
         logger.warning("no ground-truth boxes at all: every AP is 0")
-    result = compute_aps(scores_all, ok_all, iou_all, meteor, npos)
+    result = compute_aps(
+        scores_all, ok_all, iou_all, meteor, npos, lua_tensor_type=lua_tensor_type, stable_sort=stable_sort
+    )
     t_ap = time.perf_counter() - t2
     result.update(
         num_images=len(gt_by_image),
@@ -448,7 +599,13 @@ def evaluate_dense_captions(
         gt_images_without_predictions=int(no_pred),
         gt_regions_dropped=int(dropped),
         empty_captions=int(empty_caps),
+        empty_gt_images=int(empty_gt_imgs),
+        empty_gt_predictions=int(empty_gt_preds),
         unmatched_quirk=bool(unmatched_quirk),
+        lua_tensor_type=lua_tensor_type,
+        stable_sort=bool(stable_sort),
+        empty_gt=empty_gt,
+        lua_gt_boxes=bool(lua_gt_boxes),
         timing={"match": t_match, "meteor": t_meteor, "ap": t_ap},
     )
     if return_records:
@@ -479,6 +636,9 @@ def format_results(result: Mapping[str, Any]) -> str:
         f"(merged GT boxes), {result.get('num_predictions', '?')} predictions, "
         f"{result.get('num_meteor_pairs', '?')} METEOR pairs; unmatched quirk "
         f"{'on' if result.get('unmatched_quirk', True) else 'off'}",
+        f"settings: Lua tensor type {result.get('lua_tensor_type', 'float')}, ties "
+        f"{'stable' if result.get('stable_sort') else 'in torch.sort order'}, empty-GT images "
+        f"{result.get('empty_gt', 'fp')}, Lua GT boxes {'on' if result.get('lua_gt_boxes') else 'off'}",
         f"mAP {result['map']:.3f}   detection mAP {result['detmap']:.3f}   (x100)",
         "",
         "AP x100 (rows: IoU threshold, inclusive; columns: METEOR threshold, strict; det = -1)",
@@ -499,6 +659,12 @@ def format_results(result: Mapping[str, Any]) -> str:
     ):
         if result.get(k):
             notes.append(f"  {label}: {result[k]}")
+    if result.get("empty_gt_images"):
+        how = "ignored" if result.get("empty_gt") == "ignore" else "false positives"
+        notes.append(
+            f"  GT images without regions: {result['empty_gt_images']}, with "
+            f"{result.get('empty_gt_predictions', 0)} predictions ({how})"
+        )
     if notes:
         lines += ["", "notes:"] + notes
     return "\n".join(lines)
@@ -683,21 +849,48 @@ def evaluate_dense_files(
     unmatched_quirk: bool = True,
     scorer: Optional[Scorer] = None,
     score_all_records: bool = False,
+    lua_tensor_type: str = "float",
+    stable_sort: bool = False,
+    empty_gt: str = "fp",
+    lua_gt_boxes: bool = False,
+    image_data_path: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Read a VG ``region_descriptions.json`` and a ``results.json`` and evaluate them.
 
     See :mod:`densecap.evaluation.io` for the formats. The result also carries the GT reading
     report (``split_images_missing_from_gt``, ``gt_regions_too_long``, ``gt_images_empty``) and,
-    when the boxes look like the 720-pixel frame, ``warnings``."""
+    when the boxes look like the 720-pixel frame, ``warnings``. ``lua_tensor_type``,
+    ``stable_sort``, ``empty_gt`` and ``lua_gt_boxes``: see :func:`evaluate_dense_captions`
+    (``empty_gt="ignore"`` drops empty images from the GT, as before). Unless ``stable_sort``,
+    the chosen images are evaluated in the GT file's order, as the original's DataLoader visited
+    a split (so that tied scores are ranked as there). ``lua_gt_boxes`` needs
+    image sizes: ``"width"``/``"height"`` in the GT entries or ``image_data_path`` (VG
+    ``image_data.json``)."""
     from densecap.data.tokenizer import Vocabulary
 
-    from .io import frame_warning, read_dense_predictions, read_vg_gt
+    from .io import frame_warning, read_dense_predictions, read_image_sizes, read_vg_gt
 
+    _check_choice("empty_gt", empty_gt, EMPTY_GT_POLICIES)
     t0 = time.perf_counter()
     vocab = Vocabulary.load(vocab_path) if vocab_path else None
     gt, report = read_vg_gt(
-        gt_path, split_file=split_file, split=split, vocab=vocab, max_tokens=max_tokens, max_images=max_images
+        gt_path, split_file=split_file, split=split, vocab=vocab, max_tokens=max_tokens, max_images=max_images,
+        keep_empty=empty_gt == "fp", file_order=not stable_sort,
     )
+    if lua_gt_boxes:
+        sizes = read_image_sizes(image_data_path) if image_data_path else {}
+        missing = []
+        for k, g in gt.items():
+            if k in sizes:
+                g["width"], g["height"] = sizes[k]
+            elif g.get("width") is None or g.get("height") is None:
+                missing.append(k)
+        if missing:
+            where = image_data_path or f"{gt_path} (no 'width'/'height' in its entries; pass --image-data)"
+            raise ValueError(
+                f"--lua-gt-boxes needs each image's size: {len(missing)} evaluated images have none in "
+                f"{where}, e.g. {missing[:5]}"
+            )
     pred = read_dense_predictions(pred_path)
     t_read = time.perf_counter() - t0
     warnings = []
@@ -719,7 +912,8 @@ def evaluate_dense_files(
         logger.warning(msg)
         warnings.append(msg)
     result = evaluate_dense_captions(
-        gt, pred, scorer, unmatched_quirk=unmatched_quirk, score_all_records=score_all_records
+        gt, pred, scorer, unmatched_quirk=unmatched_quirk, score_all_records=score_all_records,
+        lua_tensor_type=lua_tensor_type, stable_sort=stable_sort, empty_gt=empty_gt, lua_gt_boxes=lua_gt_boxes,
     )
     result.update(report)
     result["timing"]["read"] = t_read

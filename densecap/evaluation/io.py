@@ -6,8 +6,9 @@ Dense captioning
       tokeniser (:func:`densecap.data.tokenizer.tokenize`); with a vocabulary, captions longer
       than ``max_tokens`` are dropped and out-of-vocabulary words become ``<UNK>``, as the
       original's preprocessing did. Boxes stay as given (original pixels, not clipped).
-      Images with no region left are dropped from the evaluated set (the original could not
-      evaluate them) and counted.
+      Images with no region left are counted and, unless ``keep_empty=True``, dropped from the
+      evaluated set. An entry's ``"width"`` / ``"height"`` (if any) are kept; VG's
+      ``image_data.json`` gives them otherwise (:func:`read_image_sizes`).
     * predictions: ``results.json`` = ``{"results": [{"image_id" | "img_name", "boxes":
       [[x, y, w, h], ...], "scores": [...], "captions": [...]}]}`` (a bare list is accepted).
       ``img_name`` (or a string ``image_id``) like ``"123.jpg"`` or ``"VG_100K/123.jpg"`` means
@@ -73,17 +74,24 @@ def parse_vg_regions(
     vocab: Optional[Vocabulary] = None,
     max_tokens: int = 15,
     max_images: int = 0,
+    keep_empty: bool = False,
+    file_order: bool = False,
 ) -> Tuple[Dict[int, Dict[str, Any]], Dict[str, int]]:
     """Region descriptions -> (``{image_id: {"boxes" xywh, "captions"}}``, report counts).
 
     The evaluated images are ``image_ids`` in that order (default: the file's order), cut to the
-    first ``max_images`` (0 = all)."""
+    first ``max_images`` (0 = all); with ``file_order`` the chosen images are then put in the
+    order of ``entries``, the order the original's DataLoader visited a split in (it only
+    matters for tied scores). Images with no region (left) are counted in ``gt_images_empty``
+    and kept (with no boxes) only if ``keep_empty``."""
     by_id: Dict[int, Dict] = {}
+    file_pos: Dict[int, int] = {}
     for e in entries:
         iid = e.get("id", e.get("image_id"))
         if iid is None:
             raise ValueError("region descriptions entry without 'id' / 'image_id'")
         by_id[int(iid)] = e
+        file_pos.setdefault(int(iid), len(file_pos))
     order = [int(i) for i in image_ids] if image_ids is not None else list(by_id)
     missing = [i for i in order if i not in by_id]
     if missing:
@@ -114,11 +122,38 @@ def parse_vg_regions(
             caps.append(" ".join(toks))
         if not boxes:
             report["gt_images_empty"] += 1
-            continue
+            if not keep_empty:
+                continue
         gt[iid] = {"boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4), "captions": caps}
+        for k in ("width", "height"):
+            if by_id[iid].get(k) is not None:
+                gt[iid][k] = by_id[iid][k]
+    if file_order:
+        gt = {k: gt[k] for k in sorted(gt, key=file_pos.__getitem__)}
     if report["gt_images_empty"]:
-        logger.warning("%d GT images have no regions left and are not evaluated", report["gt_images_empty"])
+        logger.warning(
+            "%d GT images have no regions left%s", report["gt_images_empty"],
+            "" if keep_empty else " and are not evaluated",
+        )
     return gt, report
+
+
+def read_image_sizes(path: str) -> Dict[int, Tuple[float, float]]:
+    """VG ``image_data.json`` (``[{"image_id" | "id", "width", "height", ...}]``) ->
+    ``{image_id: (width, height)}``."""
+    entries = load_json(path, "image data")
+    if isinstance(entries, dict):
+        entries = entries.get("images", entries.get("data"))
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of {{'image_id', 'width', 'height'}} (VG image_data.json)")
+    sizes: Dict[int, Tuple[float, float]] = {}
+    for n, e in enumerate(entries):
+        iid = e.get("image_id", e.get("id")) if isinstance(e, dict) else None
+        try:
+            sizes[int(iid)] = (float(e["width"]), float(e["height"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: entry {n} needs 'image_id' (or 'id'), 'width' and 'height'") from None
+    return sizes
 
 
 def read_vg_gt(
@@ -129,6 +164,8 @@ def read_vg_gt(
     vocab: Optional[Vocabulary] = None,
     max_tokens: int = 15,
     max_images: int = 0,
+    keep_empty: bool = False,
+    file_order: bool = False,
 ) -> Tuple[Dict[int, Dict[str, Any]], Dict[str, int]]:
     """Read a VG ``region_descriptions.json`` (see :func:`parse_vg_regions`)."""
     entries = load_json(path, "ground truth")
@@ -144,7 +181,10 @@ def read_vg_gt(
         ids = read_split_ids(split_file, split or "test")
     elif split:
         raise ValueError("--split needs --split-file (densecap_splits.json)")
-    return parse_vg_regions(entries, image_ids=ids, vocab=vocab, max_tokens=max_tokens, max_images=max_images)
+    return parse_vg_regions(
+        entries, image_ids=ids, vocab=vocab, max_tokens=max_tokens, max_images=max_images, keep_empty=keep_empty,
+        file_order=file_order,
+    )
 
 
 def read_dense_predictions(path: str) -> Dict[Hashable, Dict[str, Any]]:
