@@ -280,7 +280,7 @@ def _hist(ax, values, bins, title, xlabel, log_x=False):
     v = np.asarray(values, dtype=np.float64)
     if v.size:
         if log_x:
-            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+            from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
             lo, hi = max(float(v.min()), 1e-3), max(float(v.max()), 1e-3)
             if hi / lo < 4:  # a narrow range still shows a readable span
@@ -288,7 +288,8 @@ def _hist(ax, values, bins, title, xlabel, log_x=False):
                 lo, hi = mid / 2, mid * 2
             bins = np.geomspace(lo, hi * 1.0001, bins)
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ticks = [m * 10.0 ** e for e in range(-3, 6) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi * 1.0001]
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.hist(v, bins=bins, color="#4c72b0", edgecolor="white", linewidth=0.5)
