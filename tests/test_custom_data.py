@@ -373,5 +373,5 @@ def test_recipes_load():
     assert '_BASE_: "../densecap_vgg16_original.yaml"' in text and 'WEIGHTS: "densecap_vgg16.pth"' in text
     if os.path.isfile(os.path.join(ROOT, "configs", "densecap_vgg16_original.yaml")):
         cfg = load_config(original, [])
-        assert cfg.MODEL.WEIGHTS == "densecap_vgg16.pth" and cfg.MODEL.BACKBONE.NAME == "vgg16"
-        assert cfg.MODEL.BACKBONE.FREEZE_AT == 2
+        assert cfg.MODEL.WEIGHTS == "densecap_vgg16.pth" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
+        assert cfg.SOLVER.BACKBONE_LR_FACTOR == 0.1

@@ -300,12 +300,16 @@ def prepared_region_captions(
     image_root = image_root or os.path.dirname(os.path.abspath(json_file))
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"image folder not found: {image_root} (for {json_file})")
+    # within a process a dataset keeps the preparation it was first given unless its annotation
+    # file changes (images added to the folder during a run do not switch it mid-run)
+    memo = "|".join([os.path.abspath(cache_root), _stat_key(json_file), os.path.abspath(image_root),
+                     _stat_key(split_file) if split_file else "-", f"{int(max_tokens)}:{int(min_token_count)}"])
+    if memo in _PREPARED and os.path.isdir(_PREPARED[memo]):
+        return _PREPARED[memo]
     key = _cache_key(json_file, image_root, split_file, max_tokens, min_token_count)
     stem = os.path.splitext(os.path.basename(json_file))[0]
     top = os.path.join(cache_root, f"{stem}-{key}")
     prepared = os.path.join(top, "prepared")
-    if key in _PREPARED and os.path.isdir(prepared):
-        return prepared
     if os.path.isfile(os.path.join(prepared, "report.json")):
         with open(os.path.join(prepared, "report.json"), encoding="utf-8") as f:
             logger.info("%s: prepared before, in %s: %s", json_file, prepared, _summary(json.load(f)))
@@ -327,7 +331,7 @@ def prepared_region_captions(
                 shutil.rmtree(tmp, ignore_errors=True)
         logger.info("%s: prepared into %s: %s (every count: %s)", json_file, prepared, _summary(report),
                     os.path.join(prepared, "report.json"))
-    _PREPARED[key] = prepared
+    _PREPARED[memo] = prepared
     return prepared
 
 
