@@ -375,3 +375,53 @@ def test_recipes_load():
         cfg = load_config(original, [])
         assert cfg.MODEL.WEIGHTS == "densecap_vgg16.pth" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
         assert cfg.SOLVER.BACKBONE_LR_FACTOR == 0.1
+
+
+def test_fast_schema_path_never_accepts_what_the_schema_rejects():
+    """schema_errors skips jsonschema when plain checks pass: those checks must imply validity."""
+    import copy
+
+    from densecap.data import region_captions as rc
+
+    valid = {
+        ("region_captions", False): {"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 3, "split": "val"}],
+                                     "annotations": [{"id": 2, "image_id": 1, "bbox": [0, 0.5, 2, 2], "caption": "x"}],
+                                     "image_captions": [{"image_id": 1, "caption": "y"}], "info": {}},
+        ("region_descriptions", True): {"id": 1, "regions": [{"region_id": 3, "image_id": 1, "x": 0, "y": 1.5,
+                                                             "width": 2, "height": 2, "phrase": "x"}]},
+        ("image_data", True): {"image_id": 1, "width": 4, "height": 3, "coco_id": None},
+    }
+    bad_values = [None, True, 1.5, -1, 0, "1", [], {}]
+
+    def mutations(d, path=()):
+        if isinstance(d, dict):
+            for k in list(d):
+                yield path + (k,), "delete"
+                yield from mutations(d[k], path + (k,))
+        elif isinstance(d, list):
+            for i, v in enumerate(d):
+                yield from mutations(v, path + (i,))
+        for v in bad_values:
+            if path:
+                yield path, v
+
+    n_checked = 0
+    for (name, items), doc in valid.items():
+        fast = rc._FAST_VALID[(name, items)]
+        assert fast(doc) and rc.schema_errors(doc, name, items=items) == []
+        for path, value in mutations(doc):
+            d = copy.deepcopy(doc)
+            parent = d
+            for p in path[:-1]:
+                parent = parent[p]
+            if value == "delete":
+                if isinstance(parent, dict):
+                    del parent[path[-1]]
+                else:
+                    continue
+            else:
+                parent[path[-1]] = value
+            if fast(d):
+                assert list(rc._validator(name, items).iter_errors(d)) == [], (name, path, value)
+            n_checked += 1
+    assert n_checked > 100

@@ -93,9 +93,70 @@ def _format_error(e, prefix: str = "") -> str:
     return f"{where or '(top level)'}: {e.message}"
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _opt_int(d: dict, keys) -> bool:
+    return all(_is_int(d[k]) for k in keys if k in d)
+
+
+def _region_ok(r) -> bool:
+    return (isinstance(r, dict) and all(_is_num(r.get(k)) for k in ("x", "y", "width", "height"))
+            and isinstance(r.get("phrase"), str) and _opt_int(r, ("region_id", "id", "image_id", "image")))
+
+
+def _vg_element_ok(el) -> bool:
+    return (isinstance(el, dict) and ("id" in el or "image_id" in el) and _opt_int(el, ("id", "image_id"))
+            and isinstance(el.get("regions"), list) and all(_region_ok(r) for r in el["regions"]))
+
+
+def _image_data_ok(d) -> bool:
+    return (isinstance(d, dict) and ("id" in d or "image_id" in d) and _opt_int(d, ("id", "image_id"))
+            and _is_int(d.get("width")) and d["width"] >= 1 and _is_int(d.get("height")) and d["height"] >= 1
+            and (d.get("coco_id") is None or _is_int(d["coco_id"])))
+
+
+def _coco_style_ok(doc) -> bool:
+    if not (isinstance(doc, dict) and isinstance(doc.get("images"), list) and isinstance(doc.get("annotations"), list)):
+        return False
+    if "info" in doc and not isinstance(doc["info"], dict):
+        return False
+    for im in doc["images"]:
+        if not (isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)
+                and im["file_name"] and _is_int(im.get("width")) and im["width"] >= 1
+                and _is_int(im.get("height")) and im["height"] >= 1
+                and im.get("split", "train") in SPLITS):
+            return False
+    for a in doc["annotations"]:
+        b = a.get("bbox") if isinstance(a, dict) else None
+        if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b) and _is_int(a.get("image_id"))
+                and isinstance(a.get("caption"), str) and _opt_int(a, ("id",))):
+            return False
+    caps = doc.get("image_captions", [])
+    return isinstance(caps, list) and all(
+        isinstance(c, dict) and _is_int(c.get("image_id")) and isinstance(c.get("caption"), str) for c in caps)
+
+
+# Plain-Python checks that imply validity under the schema (a fast path for large files: when one
+# fails, jsonschema runs and gives the messages; the schema files stay the definition).
+_FAST_VALID = {
+    ("region_descriptions", True): _vg_element_ok,
+    ("image_data", True): _image_data_ok,
+    ("region_captions", False): _coco_style_ok,
+}
+
+
 def schema_errors(doc, name: str, *, items: bool = False, prefix: str = "", limit: int = 0) -> List[str]:
     """Messages of every violation of schema ``name`` by ``doc`` (``items``: ``doc`` is one element
     of the list the schema describes); ``limit`` > 0 stops after that many."""
+    fast = _FAST_VALID.get((name, items))
+    if fast is not None and fast(doc):
+        return []
     out = []
     for e in _validator(name, items).iter_errors(doc):
         out.append(_format_error(e, prefix))
