@@ -41,6 +41,7 @@ from densecap.utils.io import atomic_write_json
 from .json_stream import JSONStreamError, iter_json_list, load_json
 from .region_captions import IMAGE_DATA_NAME, detect_layout, schema_errors
 from .tokenizer import tokenize
+from .vg import image_dirs_under, index_image_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +182,6 @@ def _check_coco_style(c: _Checker, doc: dict, path: str) -> None:
         c.image(where, by_image[im["id"]], size)
 
 
-def _vg_files(image_root: str) -> Dict[int, str]:
-    from .vg import index_image_dirs
-
-    dirs = [image_root] + sorted(os.path.join(image_root, d) for d in os.listdir(image_root)
-                                 if d.startswith("VG_100K") and os.path.isdir(os.path.join(image_root, d)))
-    return index_image_dirs(dirs)
-
-
 def _check_vg(c: _Checker, path: str) -> None:
     here = os.path.dirname(os.path.abspath(path))
     sizes: Dict[int, Tuple[int, int]] = {}
@@ -201,7 +194,7 @@ def _check_vg(c: _Checker, path: str) -> None:
                 iid = d.get("image_id", d.get("id"))
                 if isinstance(iid, int):
                     sizes[iid] = (d["width"], d["height"])
-    files = _vg_files(c.image_root) if os.path.isdir(c.image_root) else {}
+    files = index_image_dirs(image_dirs_under(c.image_root)) if os.path.isdir(c.image_root) else {}
     seen = set()
     for k, el in enumerate(iter_json_list(path)):
         for msg in schema_errors(el, "region_descriptions", items=True, prefix=f"[{k}]", limit=EXAMPLES):

@@ -41,7 +41,7 @@ from densecap.utils.io import atomic_write_json
 
 from .json_stream import JSONStreamError, iter_json_list, load_json
 from .prepared import SPLITS
-from .region_captions import IMAGE_DATA_NAME, SPLIT_FILE_NAME, schema_errors
+from .region_captions import IMAGE_DATA_NAME, SPLIT_FILE_NAME, _read_split_file, schema_errors
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def from_csv(path: str, image_root: str = "", problems: Optional[Problems] = Non
                     problems.add("unknown_image_size", f"{where}: {os.path.join(image_root, name)} cannot be read")
                     ids[name] = None
                 else:
-                    ids[name] = len([i for i in ids.values() if i is not None]) + 1
+                    ids[name] = len(b.images) + 1
                     b.image(ids[name], name, *size)
             iid = ids[name]
             if iid is None:
@@ -323,13 +323,11 @@ def from_coco(path: str, image_root: str = "", problems: Optional[Problems] = No
 
 def _vg_image_files(image_root: str) -> Dict[int, str]:
     """``{image_id: path relative to image_root}`` of ``<id>.jpg`` in image_root and its VG_100K* folders."""
-    from .vg import index_image_dirs
+    from .vg import image_dirs_under, index_image_dirs
 
     if not image_root or not os.path.isdir(image_root):
         return {}
-    dirs = [image_root] + sorted(os.path.join(image_root, d) for d in os.listdir(image_root)
-                                 if d.startswith("VG_100K") and os.path.isdir(os.path.join(image_root, d)))
-    return {i: os.path.relpath(p, image_root) for i, p in index_image_dirs(dirs).items()}
+    return {i: os.path.relpath(p, image_root) for i, p in index_image_dirs(image_dirs_under(image_root)).items()}
 
 
 def from_vg(path: str, image_root: str = "", problems: Optional[Problems] = None) -> dict:
@@ -345,10 +343,7 @@ def from_vg(path: str, image_root: str = "", problems: Optional[Problems] = None
     split_of: Dict[int, str] = {}
     p = os.path.join(here, SPLIT_FILE_NAME)
     if os.path.isfile(p):
-        sp = load_json(p)
-        for s in SPLITS:
-            for iid in (sp.get(s, []) if isinstance(sp, dict) else []):
-                split_of.setdefault(int(iid), s)
+        split_of = {iid: SPLITS[si] for iid, si in _read_split_file(p).items()}
     files = _vg_image_files(image_root)
     b = _Builder()
     seen = set()

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-from .json_stream import load_json
+from .json_stream import iter_json_list, load_json
 from .prepared import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -192,11 +192,9 @@ def _read_split_file(path: str) -> Dict[int, int]:
     errors = schema_errors(data, "splits", limit=3)
     if errors:
         raise ValueError(f"{path}: not a split file ({'; '.join(errors)})")
-    split_of: Dict[int, int] = {}
-    for si, s in enumerate(SPLITS):
-        for iid in data.get(s, []):
-            split_of.setdefault(int(iid), si)
-    return split_of
+    from .vg import _read_splits
+
+    return _read_splits(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,13 +248,11 @@ def _coco_style_inputs(doc: dict, path: str, image_root: str, split_file: Option
 
 
 def _vg_inputs(path: str, image_root: str, split_file: Optional[str]):
-    from .vg import _read_sizes, index_image_dirs
+    from .vg import _read_sizes, image_dirs_under, index_image_dirs
 
     here = os.path.dirname(os.path.abspath(path))
     split_file = split_file or (os.path.join(here, SPLIT_FILE_NAME) if os.path.isfile(os.path.join(here, SPLIT_FILE_NAME)) else None)
     ids = []
-    from .json_stream import iter_json_list
-
     for el in iter_json_list(path):
         iid = el.get("image_id", el.get("id")) if isinstance(el, dict) else None
         if iid is not None:
@@ -264,10 +260,7 @@ def _vg_inputs(path: str, image_root: str, split_file: Optional[str]):
     split_of = _read_split_file(split_file) if split_file else {i: split_by_hash(i) for i in ids}
     image_data = os.path.join(here, IMAGE_DATA_NAME)
     sizes, coco_of = _read_sizes(image_data, split_of) if os.path.isfile(image_data) else ({}, {})
-    dirs = [image_root] + sorted(
-        os.path.join(image_root, d) for d in os.listdir(image_root)
-        if d.startswith("VG_100K") and os.path.isdir(os.path.join(image_root, d)))
-    find_image = index_image_dirs(dirs).get
+    find_image = index_image_dirs(image_dirs_under(image_root)).get
     return iter_json_list(path), split_of, sizes, coco_of, find_image
 
 

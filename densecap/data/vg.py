@@ -54,7 +54,7 @@ from .tokenizer import UNK, Vocabulary, tokenize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prepare_vg", "prepare_regions", "index_image_dirs", "JSONStreamError", "DROP_REASONS"]
+__all__ = ["prepare_vg", "prepare_regions", "index_image_dirs", "image_dirs_under", "JSONStreamError", "DROP_REASONS"]
 
 REGION_REASONS = ("zero_area", "outside_image", "empty_caption", "too_long")
 IMAGE_REASONS = ("missing_image", "no_regions")
@@ -93,6 +93,13 @@ def index_image_dirs(image_dirs: Sequence[str]) -> Dict[int, str]:
             index.setdefault(iid, p)
         logger.info("%s: %d images", d, len(found))
     return index
+
+
+def image_dirs_under(image_root: str) -> List[str]:
+    """``image_root`` and its Visual Genome image folders (``VG_100K*``), in search order."""
+    return [image_root] + sorted(
+        os.path.join(image_root, d) for d in os.listdir(image_root)
+        if d.startswith("VG_100K") and os.path.isdir(os.path.join(image_root, d)))
 
 
 def _read_splits(path: str) -> Dict[int, int]:
