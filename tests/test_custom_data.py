@@ -425,3 +425,20 @@ def test_fast_schema_path_never_accepts_what_the_schema_rejects():
                 assert list(rc._validator(name, items).iter_errors(d)) == [], (name, path, value)
             n_checked += 1
     assert n_checked > 100
+
+
+def test_whole_image_captions_reach_the_joint_head(data, tmp_path):
+    """A COCO-style file's image_captions train the joint whole-image caption head: found beside the
+    prepared directory, their new words appended to the vocabulary."""
+    from densecap.config import load_config
+    from densecap.engine.build import build_dataset, load_train_vocab
+
+    name = f"regions:{data / 'coco.json'}:{data / 'images'}:"
+    cfg = load_config(TINY, _tiny_opts(name + "train", name + "val", tmp_path, [
+        "MODEL.IMAGE_CAPTION.ENABLED", "True", "MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT", "1"]))
+    vocab = load_train_vocab(cfg)
+    assert {"boxes", "grey"} <= set(vocab.idx_to_token)
+    ds = build_dataset(cfg, name + "train", is_train=True, vocab=vocab)
+    assert ds.num_images_with_captions() == 1
+    i = [int(x) for x in ds.data.image_ids].index(1)
+    assert ds[i]["gt_image_captions"] == ["boxes on grey"]
