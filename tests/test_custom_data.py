@@ -442,3 +442,21 @@ def test_whole_image_captions_reach_the_joint_head(data, tmp_path):
     assert ds.num_images_with_captions() == 1
     i = [int(x) for x in ds.data.image_ids].index(1)
     assert ds[i]["gt_image_captions"] == ["boxes on grey"]
+
+
+def test_split_sources_in_order(data, tmp_path):
+    """A COCO-style file without split fields takes densecap_splits.json beside it, else the fixed
+    split by image id."""
+    doc = json.loads((data / "coco.json").read_text())
+    for im in doc["images"]:
+        del im["split"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "annotations.json").write_text(json.dumps(doc))
+    cache = str(tmp_path / "cache")
+    d = prepared_region_captions(str(tmp_path / "a" / "annotations.json"), str(data / "images"), cache_root=cache)
+    by_hash = [split_by_hash(i) for i in range(1, N_IMAGES + 1)]
+    assert json.load(open(os.path.join(d, "report.json")))["images_kept"] == {
+        s: by_hash.count(k) for k, s in enumerate(("train", "val", "test"))}
+    shutil.copy(data / "vg" / "densecap_splits.json", tmp_path / "a")
+    d = prepared_region_captions(str(tmp_path / "a" / "annotations.json"), str(data / "images"), cache_root=cache)
+    assert json.load(open(os.path.join(d, "report.json")))["images_kept"] == {"train": 8, "val": 2, "test": 2}

@@ -251,13 +251,14 @@ def _vg_inputs(path: str, image_root: str, split_file: Optional[str]):
     from .vg import _read_sizes, image_dirs_under, index_image_dirs
 
     here = os.path.dirname(os.path.abspath(path))
-    split_file = split_file or (os.path.join(here, SPLIT_FILE_NAME) if os.path.isfile(os.path.join(here, SPLIT_FILE_NAME)) else None)
-    ids = []
-    for el in iter_json_list(path):
-        iid = el.get("image_id", el.get("id")) if isinstance(el, dict) else None
-        if iid is not None:
-            ids.append(int(iid))
-    split_of = _read_split_file(split_file) if split_file else {i: split_by_hash(i) for i in ids}
+    if split_file:
+        split_of = _read_split_file(split_file)
+    else:
+        split_of = {}
+        for el in iter_json_list(path):
+            iid = el.get("image_id", el.get("id")) if isinstance(el, dict) else None
+            if iid is not None:
+                split_of[int(iid)] = split_by_hash(int(iid))
     image_data = os.path.join(here, IMAGE_DATA_NAME)
     sizes, coco_of = _read_sizes(image_data, split_of) if os.path.isfile(image_data) else ({}, {})
     find_image = index_image_dirs(image_dirs_under(image_root)).get
@@ -283,6 +284,9 @@ def prepare_region_captions(
         raise FileNotFoundError(f"region caption file not found: {json_file}")
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"image folder not found: {image_root} (for {json_file})")
+    if split_file is None:  # the split file beside the annotation file, when there is one
+        beside = os.path.join(os.path.dirname(os.path.abspath(json_file)), SPLIT_FILE_NAME)
+        split_file = beside if os.path.isfile(beside) else None
     with open(json_file, "rb") as f:
         first = f.read(4096).lstrip()
     if first.startswith(b"["):
@@ -314,8 +318,12 @@ def _stat_key(path: str) -> str:
     return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _cache_key(json_file: str, image_root: str, split_file: Optional[str], max_tokens: int, min_token_count: int) -> str:
-    parts = [f"v{_CACHE_VERSION}", _stat_key(json_file), _stat_key(image_root),
+def _cache_key(json_file: str, image_root: str, split_file: Optional[str], max_tokens: int, min_token_count: int,
+               *, image_root_mtime: bool = True) -> str:
+    """What a preparation depends on, hashed: the files read (path, size, mtime), the image folder
+    (path, and its mtime unless ``image_root_mtime`` is False) and the options."""
+    root = _stat_key(image_root) if image_root_mtime else os.path.abspath(image_root)
+    parts = [f"v{_CACHE_VERSION}", _stat_key(json_file), root,
              _stat_key(split_file) if split_file else "-", f"{int(max_tokens)}:{int(min_token_count)}"]
     here = os.path.dirname(os.path.abspath(json_file))
     for beside in (SPLIT_FILE_NAME, IMAGE_DATA_NAME):  # read when present
@@ -354,10 +362,10 @@ def prepared_region_captions(
     image_root = image_root or os.path.dirname(os.path.abspath(json_file))
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"image folder not found: {image_root} (for {json_file})")
-    # within a process a dataset keeps the preparation it was first given unless its annotation
-    # file changes (images added to the folder during a run do not switch it mid-run)
-    memo = "|".join([os.path.abspath(cache_root), _stat_key(json_file), os.path.abspath(image_root),
-                     _stat_key(split_file) if split_file else "-", f"{int(max_tokens)}:{int(min_token_count)}"])
+    # within a process a dataset keeps the preparation it was first given unless one of its files
+    # changes (images added to the folder during a run do not switch it mid-run)
+    memo = os.path.abspath(cache_root) + "|" + _cache_key(json_file, image_root, split_file, max_tokens,
+                                                          min_token_count, image_root_mtime=False)
     if memo in _PREPARED and os.path.isdir(_PREPARED[memo]):
         return _PREPARED[memo]
     key = _cache_key(json_file, image_root, split_file, max_tokens, min_token_count)
