@@ -34,7 +34,8 @@ _C.MODEL.BACKBONE.NAME = "vgg16"
 # "ResNet50_Weights.IMAGENET1K_V2") or a local .pth path; empty = random initialisation.
 # No download happens at run time: torchvision names resolve through the local torch hub cache.
 _C.MODEL.BACKBONE.WEIGHTS = ""
-# Freeze the stem and the first N stages (the original never trains VGG conv1-conv2: 2).
+# Freeze the stem and the first N stages (the original never trains VGG conv1-conv2: 2). Applies
+# when the backbone starts from trained weights: BACKBONE.WEIGHTS or a full checkpoint MODEL.WEIGHTS.
 _C.MODEL.BACKBONE.FREEZE_AT = 2
 # Normalisation inside the backbone: "" (as the network was defined), "FrozenBN", "BN", "GN".
 _C.MODEL.BACKBONE.NORM = ""
