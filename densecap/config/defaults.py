@@ -34,7 +34,8 @@ _C.MODEL.BACKBONE.NAME = "vgg16"
 # "ResNet50_Weights.IMAGENET1K_V2") or a local .pth path; empty = random initialisation.
 # No download happens at run time: torchvision names resolve through the local torch hub cache.
 _C.MODEL.BACKBONE.WEIGHTS = ""
-# Freeze the stem and the first N stages (the original never trains VGG conv1-conv2: 2).
+# Freeze the stem and the first N stages (the original never trains VGG conv1-conv2: 2). Applies
+# when the backbone starts from trained weights: BACKBONE.WEIGHTS or a full checkpoint MODEL.WEIGHTS.
 _C.MODEL.BACKBONE.FREEZE_AT = 2
 # Normalisation inside the backbone: "" (as the network was defined), "FrozenBN", "BN", "GN".
 _C.MODEL.BACKBONE.NORM = ""
@@ -215,11 +216,19 @@ _C.INPUT.RANDOM_FLIP = False
 # DATASETS
 # --------------------------------------------------------------------------------------------
 _C.DATASETS = CfgNode()
-# Names from the dataset catalog ("vg_train", "synthetic_val", ...) or "PREPARED_DIR:SPLIT".
+# Names from the dataset catalog ("vg_train", "synthetic_val", ...), "PREPARED_DIR:SPLIT" or
+# "regions:PATH.json:IMAGE_ROOT:SPLIT" (below).
 _C.DATASETS.TRAIN = ("vg_train",)
 _C.DATASETS.TEST = ("vg_val",)
 # Root for catalog names: vg_* -> ROOT/vg/prepared, synthetic_* -> ROOT/synthetic/prepared.
 _C.DATASETS.ROOT = "datasets"
+# Your own region caption files (docs/DATASETS.md), named "regions:PATH.json:IMAGE_ROOT:SPLIT" in
+# DATASETS.TRAIN / TEST (IMAGE_ROOT empty = the file's folder) or registered with
+# densecap.data.region_captions.register_region_captions: prepared on first use into
+# ROOT/cache/regions/ with Visual Genome's rules: captions longer than REGIONS_MAX_TOKENS tokens are
+# dropped, train-split words seen fewer than REGIONS_MIN_TOKEN_COUNT times become <UNK>.
+_C.DATASETS.REGIONS_MAX_TOKENS = 15
+_C.DATASETS.REGIONS_MIN_TOKEN_COUNT = 15
 # Whole-image caption datasets (ImageCaptioner) are named in DATASETS.TRAIN / TEST as
 #   "captions:PATH.json:SPLIT"      Karpathy-split JSON (dataset_coco.json, Flickr8k/30k, the
 #                                   synthetic captions.json); SPLIT train (also takes "restval"),

@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from array import array
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from .tokenizer import UNK, Vocabulary, tokenize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prepare_vg", "index_image_dirs", "JSONStreamError", "DROP_REASONS"]
+__all__ = ["prepare_vg", "prepare_regions", "index_image_dirs", "image_dirs_under", "JSONStreamError", "DROP_REASONS"]
 
 REGION_REASONS = ("zero_area", "outside_image", "empty_caption", "too_long")
 IMAGE_REASONS = ("missing_image", "no_regions")
@@ -93,6 +93,13 @@ def index_image_dirs(image_dirs: Sequence[str]) -> Dict[int, str]:
             index.setdefault(iid, p)
         logger.info("%s: %d images", d, len(found))
     return index
+
+
+def image_dirs_under(image_root: str) -> List[str]:
+    """``image_root`` and its Visual Genome image folders (``VG_100K*``), in search order."""
+    return [image_root] + sorted(
+        os.path.join(image_root, d) for d in os.listdir(image_root)
+        if d.startswith("VG_100K") and os.path.isdir(os.path.join(image_root, d)))
 
 
 def _read_splits(path: str) -> Dict[int, int]:
@@ -185,7 +192,47 @@ def prepare_vg(
         find_image = index_image_dirs(image_dirs).get
     logger.info("splits: %d images, sizes for %d, read in %.1f s",
                 len(split_of), len(sizes), time.perf_counter() - t0)
+    return prepare_regions(
+        iter_json_list(region_descriptions),
+        source=region_descriptions,
+        split_of=split_of,
+        sizes=sizes,
+        coco_of=coco_of,
+        find_image=find_image,
+        read_header_sizes=not (assume_images_exist or image_exists is not None),
+        output=output,
+        max_tokens=max_tokens,
+        min_token_count=min_token_count,
+        verbose=verbose,
+        t0=t0,
+    )
 
+
+def prepare_regions(
+    elements: Iterable[Dict],
+    *,
+    source: str,
+    split_of: Dict[int, int],
+    sizes: Dict[int, tuple],
+    coco_of: Dict[int, int],
+    find_image: Callable[[int], Optional[str]],
+    read_header_sizes: bool,
+    output: str,
+    max_tokens: int = 15,
+    min_token_count: int = 15,
+    extra_counts: Optional[Dict[str, int]] = None,
+    verbose: bool = True,
+    t0: Optional[float] = None,
+) -> Dict:
+    """The preparation itself (filters, vocabulary, outputs; the module docstring), on image
+    elements in the ``region_descriptions.json`` layout from any source.
+
+    ``split_of``: ``{image_id: split index into SPLITS}``; ``sizes``: ``{image_id: (w, h)}``;
+    ``find_image(image_id) -> path or None``; ``read_header_sizes``: read the size of an image
+    ``sizes`` lacks from its file header. ``extra_counts`` are added to the report as they are.
+    ``source`` names the input in messages.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
     counts = {k: 0 for k in DROP_REASONS}
     extra = {k: 0 for k in ("invalid_box", "not_in_split", "not_in_region_descriptions",
                             "missing_size", "duplicate_image", "duplicate_regions")}
@@ -208,15 +255,15 @@ def prepare_vg(
     regions_total = 0
 
     reasons_zero, reasons_out, reasons_empty, reasons_long = 0, 0, 0, 0
-    for el in iter_json_list(region_descriptions):
+    for el in elements:
         if not isinstance(el, dict):
-            raise ValueError(f"{region_descriptions}: list element is not an object: {str(el)[:80]}")
+            raise ValueError(f"{source}: list element is not an object: {str(el)[:80]}")
         regions = el.get("regions") or []
         iid = _image_id(el, "image_id", "id")
         if iid is None and regions:
             iid = _image_id(regions[0], "image_id", "image")
         if iid is None:
-            raise ValueError(f"{region_descriptions}: an element has no image id: {str(el)[:120]}")
+            raise ValueError(f"{source}: an element has no image id: {str(el)[:120]}")
         si = split_of.get(iid)
         if si is None:
             extra["not_in_split"] += 1
@@ -231,7 +278,7 @@ def prepare_vg(
             continue
         wh = sizes.get(iid)
         if wh is None:
-            wh = None if assume_images_exist or image_exists is not None else _header_size(path)
+            wh = _header_size(path) if read_header_sizes else None
             if wh is None:
                 extra["missing_size"] += 1
                 continue
@@ -302,7 +349,7 @@ def prepare_vg(
     del seen
     t_parse = time.perf_counter() - t0
     logger.info("parsed %s in %.1f s: %d images, %d regions kept",
-                region_descriptions, t_parse, len(img_ids), len(reg_len))
+                source, t_parse, len(img_ids), len(reg_len))
 
     # ---- vocabulary from the train split, token ids remapped with one lookup table ------------
     tok = np.frombuffer(tok_ids, dtype=np.int32) if len(tok_ids) else np.zeros(0, np.int32)
@@ -351,6 +398,7 @@ def prepare_vg(
         report["regions_kept"][s] = int(rmask.sum())
         writes.append((s, imask, rmask))
     report.update(extra)
+    report.update(extra_counts or {})
     report["images_total"] = len(split_of)
     report["regions_total"] = regions_total
     report["vocab_size"] = len(vocab)

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_dataset(cfg, name: str):
-    return DatasetCatalog.resolve(name, cfg.DATASETS.ROOT)
+    return DatasetCatalog.resolve(name, cfg.DATASETS.ROOT, max_tokens=cfg.DATASETS.REGIONS_MAX_TOKENS,
+                                  min_token_count=cfg.DATASETS.REGIONS_MIN_TOKEN_COUNT)
 
 
 def image_captions_path(cfg, prepared_dir: str) -> str:

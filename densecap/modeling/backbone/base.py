@@ -75,17 +75,19 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 def build_backbone(cfg) -> Backbone:
     """Build ``MODEL.BACKBONE.NAME``, load ``MODEL.BACKBONE.WEIGHTS`` and apply ``FREEZE_AT``.
 
-    ``FREEZE_AT`` applies only to initialised (pretrained) weights: freezing randomly initialised
-    layers never helps, so with empty ``WEIGHTS`` every layer trains (logged).
+    ``FREEZE_AT`` applies only to initialised (pretrained) weights, from ``MODEL.BACKBONE.WEIGHTS``
+    or from a full checkpoint ``MODEL.WEIGHTS`` (fine-tuning): freezing randomly initialised layers
+    never helps, so with both empty every layer trains (logged).
     """
     name = cfg.MODEL.BACKBONE.NAME
     backbone = BACKBONE_REGISTRY.get(name)(cfg)
     assert isinstance(backbone, Backbone), f"{name} must return a Backbone"
     freeze_at = int(cfg.MODEL.BACKBONE.FREEZE_AT)
-    if cfg.MODEL.BACKBONE.WEIGHTS:
+    if cfg.MODEL.BACKBONE.WEIGHTS or cfg.MODEL.WEIGHTS:
         backbone.freeze(freeze_at)
     elif freeze_at > 0:
-        logger.info("MODEL.BACKBONE.WEIGHTS is empty: random initialisation, FREEZE_AT=%d ignored", freeze_at)
+        logger.info("MODEL.BACKBONE.WEIGHTS and MODEL.WEIGHTS are empty: random initialisation, FREEZE_AT=%d ignored",
+                    freeze_at)
     return backbone
 
 
