@@ -1,0 +1,321 @@
+"""The original DenseCap's (Lua/Torch7) box, NMS, sampler and resize operations, reproduced.
+
+These functions follow ``densecap/box_utils.lua``, ``densecap/modules/*.lua`` of
+jcjohnson/densecap, qassemoquab/stnbhwd's ``AffineGridGeneratorBHWD`` / ``BilinearSamplerBHWD``
+and torch/image's ``image.scale``, in float32 with the same order of operations, so the
+original-compatible model gives the original's numbers. They are *not* the project's own
+conventions (``densecap.structures.boxes``: continuous 0-based pixels); the differences:
+
+* Pixel coordinates are **1-based and inclusive**: a box ``(x1, y1, x2, y2)`` covers pixels
+  ``x1 .. x2``, so its width is ``x2 - x1 + 1``. ``(xc, yc, w, h)`` converts to corners with
+  ``x1 = xc - (w - 1) / 2``, ``x2 = xc + (w - 1) / 2``; corners convert back to centre/size
+  with ``w = x2 - x1`` (no +1: the original's asymmetry, kept, which shrinks a clipped box by
+  one pixel) and to ``(x, y, w, h)`` with ``w = x2 - x1 + 1``.
+* IoU in NMS uses areas ``(x2 - x1 + 1) * (y2 - y1 + 1)``; a box is suppressed when its IoU
+  with a kept box is ``> thresh`` (kept when ``<=``).
+* Proposals are clipped to ``[1, W] x [1, H]`` (``x1 <= W - 1``, ``x2 >= 2``) and dropped when
+  empty afterwards.
+
+Shapes: B: boxes, C: channels, H, W: map size, S: sampling grid size.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "xcycwh_to_x1y1x2y2", "x1y1x2y2_to_xcycwh", "x1y1x2y2_to_xywh", "xcycwh_to_xywh", "xywh_to_xcycwh",
+    "xywh_to_x1y1x2y2", "clip_boxes", "nms", "box_iou", "apply_box_transform", "invert_box_transform",
+    "make_anchors", "box_to_affine", "affine_grid_bhwd", "bilinear_sampler_bhwd", "bilinear_roi_pooling",
+    "torch7_scale_size", "torch7_image_scale", "original_to_image_pixels",
+]
+
+
+# ---- box formats (box_utils.lua) -----------------------------------------------------------
+def xcycwh_to_x1y1x2y2(boxes: Tensor) -> Tensor:
+    xc, yc, w, h = boxes.unbind(-1)
+    hw, hh = (w - 1) / 2.0, (h - 1) / 2.0
+    return torch.stack([xc - hw, yc - hh, hw + xc, hh + yc], dim=-1)
+
+
+def x1y1x2y2_to_xcycwh(boxes: Tensor) -> Tensor:
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([(x1 + x2) / 2.0, (y1 + y2) / 2.0, x2 - x1, y2 - y1], dim=-1)
+
+
+def x1y1x2y2_to_xywh(boxes: Tensor) -> Tensor:
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([x1, y1, (x2 - x1) + 1, (y2 - y1) + 1], dim=-1)
+
+
+def xcycwh_to_xywh(boxes: Tensor) -> Tensor:
+    """What ``run_model.lua`` reports: (x, y, w, h), (x, y) the 1-based top-left pixel."""
+    return x1y1x2y2_to_xywh(xcycwh_to_x1y1x2y2(boxes))
+
+
+def xywh_to_xcycwh(boxes: Tensor) -> Tensor:
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack([x + w / 2, y + h / 2, w, h], dim=-1)
+
+
+def xywh_to_x1y1x2y2(boxes: Tensor) -> Tensor:
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack([x, y, (x + w) - 1, (y + h) - 1], dim=-1)
+
+
+def clip_boxes(boxes: Tensor, height: float, width: float, fmt: str = "xcycwh") -> Tuple[Tensor, Tensor]:
+    """``box_utils.clip_boxes`` with bounds ``x in [1, width]``, ``y in [1, height]``.
+
+    boxes (B, 4) in ``fmt`` ("xcycwh", "x1y1x2y2" or "xywh"). Returns (clipped boxes (B, 4) in
+    the same format, valid bool (B,): non-empty after clipping).
+    """
+    if fmt == "xcycwh":
+        b = xcycwh_to_x1y1x2y2(boxes)
+    elif fmt == "x1y1x2y2":
+        b = boxes.clone()
+    elif fmt == "xywh":
+        b = xywh_to_x1y1x2y2(boxes)
+    else:
+        raise ValueError(f"unknown box format {fmt!r}")
+    x1 = b[:, 0].clamp(1, width - 1)
+    y1 = b[:, 1].clamp(1, height - 1)
+    x2 = b[:, 2].clamp(1 + 1, width)
+    y2 = b[:, 3].clamp(1 + 1, height)
+    b = torch.stack([x1, y1, x2, y2], dim=1)
+    valid = (x2 > x1) & (y2 > y1)
+    if fmt == "xcycwh":
+        b = x1y1x2y2_to_xcycwh(b)
+    elif fmt == "xywh":
+        b = x1y1x2y2_to_xywh(b)
+    return b, valid
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """``nn.BoxIoU``: IoU of (N, 4) and (M, 4) boxes in (xc, yc, w, h), areas ``w * h`` and
+    corners ``xc -/+ w / 2`` (this module uses continuous extents, unlike NMS). -> (N, M)."""
+    ax1, ay1 = a[:, 0] - a[:, 2] / 2, a[:, 1] - a[:, 3] / 2
+    ax2, ay2 = a[:, 0] + a[:, 2] / 2, a[:, 1] + a[:, 3] / 2
+    bx1, by1 = b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2
+    bx2, by2 = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+    w = (torch.minimum(ax2[:, None], bx2[None]) - torch.maximum(ax1[:, None], bx1[None])).clamp(min=0)
+    h = (torch.minimum(ay2[:, None], by2[None]) - torch.maximum(ay1[:, None], by1[None])).clamp(min=0)
+    inter = w * h
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return inter / union
+
+
+def nms(boxes: Tensor, scores: Tensor, thresh: float, max_boxes: Optional[int] = None) -> Tensor:
+    """``box_utils.nms``: greedy NMS on (B, 4) x1y1x2y2 boxes (1-based inclusive pixels).
+
+    Boxes are visited by ascending sort of ``scores`` taken from the end (highest first; among
+    equal scores the later index first); IoU ``inter / (area_i + area_j - inter)`` with
+    ``+1`` extents, computed in the boxes' dtype; a box survives while its IoU with every kept
+    box is ``<= thresh``. Stops after ``max_boxes`` picks. Returns int64 indices, best first.
+    """
+    n = int(boxes.shape[0])
+    if n == 0:
+        return torch.zeros((0,), dtype=torch.long)
+    x1, y1, x2, y2 = (boxes[:, k].contiguous() for k in range(4))
+    area = ((x2 - x1) + 1.0) * ((y2 - y1) + 1.0)
+    order = torch.sort(scores.float(), stable=True).indices.flip(0)  # visit order, best first
+    thr = torch.tensor(thresh, dtype=boxes.dtype)
+    alive = torch.ones(n, dtype=torch.bool)
+    pick = []
+    order_list = order.tolist()
+    pos = 0
+    limit = n if max_boxes is None else int(max_boxes)
+    while pos < n and len(pick) < limit:
+        i = order_list[pos]
+        pos += 1
+        if not alive[i]:
+            continue
+        pick.append(i)
+        alive[i] = False
+        w = (torch.minimum(x2, x2[i]) - torch.maximum(x1, x1[i]) + 1.0).clamp(min=0)
+        h = (torch.minimum(y2, y2[i]) - torch.maximum(y1, y1[i]) + 1.0).clamp(min=0)
+        inter = w * h
+        iou = inter / ((area + area[i]) - inter)
+        alive &= iou <= thr
+    return torch.tensor(pick, dtype=torch.long)
+
+
+# ---- box regression (ApplyBoxTransform.lua / InvertBoxTransform.lua) -----------------------
+def apply_box_transform(boxes: Tensor, trans: Tensor) -> Tensor:
+    """(xc, yc, w, h) boxes + (tx, ty, tw, th) -> boxes: ``x = tx * wa + xa``, ``w = wa *
+    exp(tw)`` (no clamp of tw, as the original)."""
+    xa, ya, wa, ha = boxes.unbind(-1)
+    tx, ty, tw, th = trans.unbind(-1)
+    return torch.stack([tx * wa + xa, ty * ha + ya, torch.exp(tw) * wa, torch.exp(th) * ha], dim=-1)
+
+
+def invert_box_transform(anchors: Tensor, target: Tensor) -> Tensor:
+    """The transform that moves (xc, yc, w, h) ``anchors`` onto ``target``."""
+    xa, ya, wa, ha = anchors.unbind(-1)
+    x, y, w, h = target.unbind(-1)
+    return torch.stack([(x - xa) / wa, (y - ya) / ha, torch.log(w / wa), torch.log(h / ha)], dim=-1)
+
+
+# ---- anchors (MakeAnchors.lua) -------------------------------------------------------------
+def make_anchors(height: int, width: int, anchors_wh: Tensor, x0: float = 8.5, y0: float = 8.5,
+                 sx: float = 16.0, sy: float = 16.0) -> Tensor:
+    """All anchors of an H x W feature map as (k*H*W, 4) (xc, yc, w, h) in 1-based input pixels,
+    in the original's order: anchor slowest, then row, then column. ``anchors_wh`` (k, 2)."""
+    k = int(anchors_wh.shape[0])
+    xs = torch.arange(width, dtype=torch.float32) * float(sx) + float(x0)  # W
+    ys = torch.arange(height, dtype=torch.float32) * float(sy) + float(y0)  # H
+    out = torch.empty((k, height, width, 4), dtype=torch.float32)
+    out[..., 0] = xs.view(1, 1, width)
+    out[..., 1] = ys.view(1, height, 1)
+    out[..., 2] = anchors_wh[:, 0].float().view(k, 1, 1)
+    out[..., 3] = anchors_wh[:, 1].float().view(k, 1, 1)
+    return out.reshape(-1, 4)
+
+
+# ---- the bilinear RoI sampler (BoxToAffine.lua + stnbhwd) -----------------------------------
+def box_to_affine(boxes: Tensor, height: int, width: int) -> Tensor:
+    """``nn.BoxToAffine``: (B, 4) (xc, yc, w, h) in an H x W image -> (B, 2, 3) matrices acting
+    on (y, x, 1) normalised coordinates: row 1 ``(h / H, 0, (2 yc - H - 1) / (H - 1))``, row 2
+    ``(0, w / W, (2 xc - W - 1) / (W - 1))``."""
+    xc, yc, w, h = boxes.unbind(-1)
+    H, W = float(height), float(width)
+    out = boxes.new_zeros((boxes.shape[0], 2, 3))
+    out[:, 0, 0] = h / H
+    out[:, 0, 2] = (yc * 2 + (-1 - H)) / (H - 1)
+    out[:, 1, 1] = w / W
+    out[:, 1, 2] = (xc * 2 + (-1 - W)) / (W - 1)
+    return out
+
+
+def affine_grid_bhwd(theta: Tensor, out_h: int, out_w: int) -> Tensor:
+    """stnbhwd ``AffineGridGeneratorBHWD``: (B, 2, 3) -> grids (B, S_h, S_w, 2) holding
+    normalised (y, x); the base grid runs from -1 to 1 with the corners included."""
+    by = torch.tensor([-1 + i / (out_h - 1) * 2 for i in range(out_h)], dtype=torch.float64).float()
+    bx = torch.tensor([-1 + j / (out_w - 1) * 2 for j in range(out_w)], dtype=torch.float64).float()
+    base = torch.stack([by.view(-1, 1).expand(out_h, out_w), bx.view(1, -1).expand(out_h, out_w),
+                        torch.ones(out_h, out_w)], dim=-1).reshape(1, out_h * out_w, 3)  # 1 SS 3
+    grid = torch.bmm(base.expand(theta.shape[0], -1, -1).to(theta.dtype), theta.transpose(1, 2))  # B SS 2
+    return grid.reshape(theta.shape[0], out_h, out_w, 2)
+
+
+def bilinear_sampler_bhwd(features: Tensor, grids: Tensor) -> Tensor:
+    """stnbhwd ``BilinearSamplerBHWD`` for one feature map shared by all grids.
+
+    features (C, H, W); grids (B, S_h, S_w, 2) normalised (y, x), -1 and 1 being the centres of
+    the first and last rows/columns (``align_corners=True``). A neighbour outside the map reads
+    0. Float32 in the original's order of operations. Returns (B, C, S_h, S_w).
+    """
+    C, H, W = features.shape
+    yf, xf = grids[..., 0], grids[..., 1]  # B Sh Sw
+    xcoord = (xf + 1) * float(W - 1) / 2
+    ycoord = (yf + 1) * float(H - 1) / 2
+    x0 = torch.floor(xcoord)
+    y0 = torch.floor(ycoord)
+    wx = 1 - (xcoord - x0)
+    wy = 1 - (ycoord - y0)
+    x0 = x0.long()
+    y0 = y0.long()
+    flat = features.reshape(C, H * W)
+    out = None
+    weights = (wx * wy, (1 - wx) * wy, wx * (1 - wy), (1 - wx) * (1 - wy))
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (xx >= 0) & (xx <= W - 1) & (yy >= 0) & (yy <= H - 1)  # B Sh Sw
+        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).reshape(-1)
+        v = flat[:, idx].reshape(C, *inside.shape) * inside.to(features.dtype)  # C B Sh Sw
+        term = weights[k] * v
+        out = term if out is None else out + term
+    return out.permute(1, 0, 2, 3).contiguous()  # B C Sh Sw
+
+
+def bilinear_roi_pooling(features: Tensor, boxes: Tensor, image_height: int, image_width: int,
+                         output_size: int = 7) -> Tensor:
+    """``nn.BilinearRoiPooling``: features (C, Hf, Wf) of an H x W image, boxes (B, 4)
+    (xc, yc, w, h) image pixels -> (B, C, S, S)."""
+    if boxes.shape[0] == 0:
+        return features.new_zeros((0, features.shape[0], output_size, output_size))
+    theta = box_to_affine(boxes, image_height, image_width)
+    grids = affine_grid_bhwd(theta, output_size, output_size)
+    return bilinear_sampler_bhwd(features, grids)
+
+
+# ---- image.scale (torch/image) -------------------------------------------------------------
+def torch7_scale_size(height: int, width: int, size: int) -> Tuple[int, int]:
+    """``image.scale(img, size)``: the longest side becomes ``size``, the other
+    ``floor(side * size / longest)`` (Lua numbers truncated to integers), at least 1."""
+    m = max(height, width)
+    return max(int(math.floor(height * size / m)), 1), max(int(math.floor(width * size / m)), 1)
+
+
+def _scale_linear_axis(src: np.ndarray, dst_len: int) -> np.ndarray:
+    """torch/image ``scaleLinear_rowcol`` along axis 0 of ``src`` (L, ...) in float64 with the
+    float32 position arithmetic of the C code."""
+    src_len = src.shape[0]
+    if dst_len == src_len:
+        return src.copy()
+    out = np.empty((dst_len,) + src.shape[1:], dtype=src.dtype)
+    f32 = np.float32
+    if dst_len > src_len:
+        if src_len == 1:
+            out[:] = src[0]
+            return out
+        scale = f32(src_len - 1) / f32(dst_len - 1)
+        di = np.arange(dst_len - 1)
+        si_f = di.astype(f32) * scale  # float32
+        si_i = si_f.astype(np.int64)
+        frac = (si_f - si_i.astype(f32)).astype(f32)
+        shape = (-1,) + (1,) * (src.ndim - 1)
+        one_minus = (f32(1) - frac).astype(np.float64).reshape(shape)  # (1 - si_f) in float
+        frac = frac.astype(np.float64).reshape(shape)
+        out[:-1] = one_minus * src[si_i] + frac * src[si_i + 1]
+        out[-1] = src[-1]
+        return out
+    # shrink: area average, accumulated in float32 (``float acc, n`` in the C code)
+    scale = f32(src_len) / f32(dst_len)
+    si0_i, si0_f = 0, f32(0)
+    for di in range(dst_len):
+        si1_f = f32(f32(di + 1) * scale)
+        si1_i = int(si1_f)
+        si1_f = f32(si1_f - f32(si1_i))
+        w0 = f32(1) - si0_f
+        acc = (float(w0) * src[si0_i]).astype(f32)
+        n = w0
+        for si in range(si0_i + 1, si1_i):
+            acc = (acc.astype(np.float64) + src[si]).astype(f32)
+            n = f32(n + f32(1))
+        if si1_i < src_len:
+            acc = (acc.astype(np.float64) + float(si1_f) * src[si1_i]).astype(f32)
+            n = f32(n + si1_f)
+        out[di] = (acc / n).astype(f32)
+        si0_i, si0_f = si1_i, si1_f
+    return out
+
+
+def torch7_image_scale(image: np.ndarray, size: int) -> np.ndarray:
+    """``image.scale(image.load(path, 3), size):float()`` of ``run_model.lua``.
+
+    image: uint8 (H, W, 3) RGB. Returns float32 (H', W', 3) RGB in [0, 1]: bytes times 1/255 in
+    float64 (``image.load`` into the default DoubleTensor), rows resized first then columns
+    (bilinear when enlarging: the first and last pixels map onto each other; area average when
+    shrinking), then rounded to float32.
+    """
+    h, w = image.shape[:2]
+    nh, nw = torch7_scale_size(h, w, size)
+    src = image.astype(np.float64) * (1.0 / 255.0)  # H W 3
+    tmp = _scale_linear_axis(src.transpose(1, 0, 2), nw).transpose(1, 0, 2)  # H W' 3
+    out = _scale_linear_axis(tmp, nh)  # H' W' 3
+    return out.astype(np.float32)
+
+
+def original_to_image_pixels(boxes_xywh: np.ndarray, resized_hw: Tuple[int, int],
+                             image_hw: Tuple[int, int]) -> np.ndarray:
+    """Boxes as ``run_model.lua`` reports them ((x, y, w, h), x/y the 1-based top-left pixel of
+    the resized image) -> the project's ``[x, y, w, h]`` in continuous 0-based pixels of the
+    original image: ``x0 = (x - 1) * W / W'``, ``w0 = w * W / W'`` (same for y with H / H')."""
+    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    sy = image_hw[0] / float(resized_hw[0])
+    sx = image_hw[1] / float(resized_hw[1])
+    return np.stack([(b[:, 0] - 1) * sx, (b[:, 1] - 1) * sy, b[:, 2] * sx, b[:, 3] * sy], axis=1)
