@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--config-file", default="", metavar="FILE",
                    help="YAML config; optional: the checkpoint carries its own config")
-    g.add_argument("--weights", required=True, metavar="CKPT", help="model checkpoint (.pth)")
+    g.add_argument("--weights", required=True, metavar="CKPT", help="model checkpoint (.pth), or the original DenseCap's Torch7 file "
+                   "(.t7 / .t7.zip: converted once and cached next to it or in ~/.cache/densecap)")
     g.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: the config's MODEL.DEVICE")
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--input", nargs="+", default=[], metavar="PATH",

@@ -21,7 +21,7 @@ Shapes: B: boxes, C: channels, H, W: map size, S: sampling grid size.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor
 
 __all__ = [
     "xcycwh_to_x1y1x2y2", "x1y1x2y2_to_xcycwh", "x1y1x2y2_to_xywh", "xcycwh_to_xywh", "xywh_to_xcycwh",
-    "xywh_to_x1y1x2y2", "clip_boxes", "nms", "box_iou", "apply_box_transform", "invert_box_transform",
+    "xywh_to_x1y1x2y2", "clip_boxes", "th_sort_ascending", "nms", "box_iou", "apply_box_transform", "invert_box_transform",
     "make_anchors", "box_to_affine", "affine_grid_bhwd", "bilinear_sampler_bhwd", "bilinear_roi_pooling",
     "torch7_scale_size", "torch7_image_scale", "original_to_image_pixels",
 ]
@@ -67,11 +67,15 @@ def xywh_to_x1y1x2y2(boxes: Tensor) -> Tensor:
     return torch.stack([x, y, (x + w) - 1, (y + h) - 1], dim=-1)
 
 
-def clip_boxes(boxes: Tensor, height: float, width: float, fmt: str = "xcycwh") -> Tuple[Tensor, Tensor]:
-    """``box_utils.clip_boxes`` with bounds ``x in [1, width]``, ``y in [1, height]``.
+def clip_boxes(boxes: Tensor, height: float, width: float, fmt: str = "xcycwh", x_min: float = 1,
+               y_min: float = 1) -> Tuple[Tensor, Tensor]:
+    """``box_utils.clip_boxes`` with bounds ``x in [x_min, width]``, ``y in [y_min, height]``
+    (the localization layer uses 1 and the image size).
 
-    boxes (B, 4) in ``fmt`` ("xcycwh", "x1y1x2y2" or "xywh"). Returns (clipped boxes (B, 4) in
-    the same format, valid bool (B,): non-empty after clipping).
+    boxes (B, 4) in ``fmt`` ("xcycwh", "x1y1x2y2" or "xywh"). x1 is clamped to
+    ``[x_min, width - 1]``, x2 to ``[x_min + 1, width]`` (same for y), so a box outside the image
+    becomes a one-pixel sliver at its border rather than empty. Returns (clipped boxes (B, 4) in
+    the same format, valid bool (B,): ``x2 > x1`` and ``y2 > y1`` after clipping).
     """
     if fmt == "xcycwh":
         b = xcycwh_to_x1y1x2y2(boxes)
@@ -81,10 +85,10 @@ def clip_boxes(boxes: Tensor, height: float, width: float, fmt: str = "xcycwh") 
         b = xywh_to_x1y1x2y2(boxes)
     else:
         raise ValueError(f"unknown box format {fmt!r}")
-    x1 = b[:, 0].clamp(1, width - 1)
-    y1 = b[:, 1].clamp(1, height - 1)
-    x2 = b[:, 2].clamp(1 + 1, width)
-    y2 = b[:, 3].clamp(1 + 1, height)
+    x1 = b[:, 0].clamp(x_min, width - 1)
+    y1 = b[:, 1].clamp(y_min, height - 1)
+    x2 = b[:, 2].clamp(x_min + 1, width)
+    y2 = b[:, 3].clamp(y_min + 1, height)
     b = torch.stack([x1, y1, x2, y2], dim=1)
     valid = (x2 > x1) & (y2 > y1)
     if fmt == "xcycwh":
@@ -108,11 +112,84 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union
 
 
+def th_sort_ascending(values) -> List[int]:
+    """Indices that sort ``values`` ascending exactly as Torch7's ``torch.sort`` (TH's
+    ``quicksortascend``: median-of-three quicksort, subfiles of <= 10 left to a final insertion
+    sort). Equal values come out in that algorithm's order, which decides NMS among tied scores."""
+    arr = [float(v) for v in values]
+    n = len(arr)
+    idx = list(range(n))
+    M_SMALL = 10
+    beg: List[int] = []
+    end: List[int] = []
+    L, R = 0, n - 1
+    done = n - 1 <= M_SMALL
+
+    def swap(a, b):
+        arr[a], arr[b] = arr[b], arr[a]
+        idx[a], idx[b] = idx[b], idx[a]
+
+    while not done:
+        P = (L + R) >> 1
+        swap(P, L + 1)
+        if arr[L + 1] > arr[R]:
+            swap(L + 1, R)
+        if arr[L] > arr[R]:
+            swap(L, R)
+        if arr[L + 1] > arr[L]:
+            swap(L + 1, L)
+        i, j, piv = L + 1, R, arr[L]
+        while True:
+            i += 1
+            while arr[i] < piv:
+                i += 1
+            j -= 1
+            while arr[j] > piv:
+                j -= 1
+            if j < i:
+                break
+            swap(i, j)
+        swap(L, j)
+        sz_left, sz_right = j - L, R - i + 1
+        if sz_left <= M_SMALL and sz_right <= M_SMALL:
+            if not beg:
+                done = True
+            else:
+                L, R = beg.pop(), end.pop()
+        elif sz_left <= M_SMALL or sz_right <= M_SMALL:
+            if sz_left > sz_right:
+                R = j - 1
+            else:
+                L = i
+        else:
+            if sz_left > sz_right:
+                beg.append(L)
+                end.append(j - 1)
+                L = i
+            else:
+                beg.append(i)
+                end.append(R)
+                R = j - 1
+    for i in range(n - 2, -1, -1):
+        if arr[i] > arr[i + 1]:
+            piv, pid = arr[i], idx[i]
+            j = i + 1
+            while True:
+                arr[j - 1] = arr[j]
+                idx[j - 1] = idx[j]
+                j += 1
+                if not (j < n and arr[j] < piv):
+                    break
+            arr[j - 1] = piv
+            idx[j - 1] = pid
+    return idx
+
+
 def nms(boxes: Tensor, scores: Tensor, thresh: float, max_boxes: Optional[int] = None) -> Tensor:
     """``box_utils.nms``: greedy NMS on (B, 4) x1y1x2y2 boxes (1-based inclusive pixels).
 
-    Boxes are visited by ascending sort of ``scores`` taken from the end (highest first; among
-    equal scores the later index first); IoU ``inter / (area_i + area_j - inter)`` with
+    Boxes are visited by Torch7's ascending sort of ``scores`` (:func:`th_sort_ascending`, which
+    decides the order of equal scores) taken from the end, highest first; IoU ``inter / (area_i + area_j - inter)`` with
     ``+1`` extents, computed in the boxes' dtype; a box survives while its IoU with every kept
     box is ``<= thresh``. Stops after ``max_boxes`` picks. Returns int64 indices, best first.
     """
@@ -121,11 +198,14 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float, max_boxes: Optional[int] =
         return torch.zeros((0,), dtype=torch.long)
     x1, y1, x2, y2 = (boxes[:, k].contiguous() for k in range(4))
     area = ((x2 - x1) + 1.0) * ((y2 - y1) + 1.0)
-    order = torch.sort(scores.float(), stable=True).indices.flip(0)  # visit order, best first
+    sc = scores.float()
+    if torch.unique(sc).numel() == n:  # no ties: any sort gives Torch7's order
+        order_list = torch.sort(sc, stable=True).indices.flip(0).tolist()
+    else:
+        order_list = th_sort_ascending(sc.tolist())[::-1]  # visit order, best first
     thr = torch.tensor(thresh, dtype=boxes.dtype)
     alive = torch.ones(n, dtype=torch.bool)
     pick = []
-    order_list = order.tolist()
     pos = 0
     limit = n if max_boxes is None else int(max_boxes)
     while pos < n and len(pick) < limit:
