@@ -483,6 +483,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     src = ckpt["source"]
-    print(f"wrote {args.output}: {len(ckpt['vocab']['idx_to_token']) - 4} words, "
+    print(f"wrote {args.output}: vocabulary of {src['original']['vocab_size']} words, "
           f"sha256 of the input {src['sha256'][:16]}..., config MODEL.META_ARCHITECTURE DenseCapOriginal")
     return 0
