@@ -112,7 +112,7 @@ def _run_layers(fixture, converted):
     x = {"image": torch.from_numpy(resized).permute(2, 0, 1), "height": img.shape[0], "width": img.shape[1]}
     images, _ = model.preprocess_image([x])
     with torch.no_grad():
-        out = model.forward_original(images, x)
+        out = model.forward_original(images, x, debug=True)
     return meta, out
 
 

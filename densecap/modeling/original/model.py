@@ -190,9 +190,14 @@ class OriginalDenseCapModel(DenseCapModel):
             out.append(self.forward_original(images, x))
         return out
 
-    def forward_original(self, image: Tensor, x: Dict) -> Dict:
-        """One preprocessed image (1, 3, H', W') -> the eval output dict (see module docstring);
-        ``debug`` holds the intermediate tensors named as in the original's dump."""
+    def forward_original(self, image: Tensor, x: Dict, debug: bool = False) -> Dict:
+        """One preprocessed image (1, 3, H', W') -> the eval output dict (see module docstring).
+
+        The original captions all proposals and then keeps the final NMS's; the final NMS does
+        not depend on the captions and greedy decoding is per region, so only the kept regions
+        are captioned here (the same captions, a fraction of the work). ``debug=True`` captions
+        every proposal as the original does and returns the intermediate tensors under
+        ``"debug"``, named as in the original's dump (``rpn_boxes``, ``rpn_boxes_nms``, ...)."""
         H, W = int(image.shape[-2]), int(image.shape[-1])
         feats = self.backbone(image)["conv5"]  # 1 C Hf Wf
         dbg: Dict[str, Tensor] = {"conv_net2_out": feats}
@@ -219,11 +224,15 @@ class OriginalDenseCapModel(DenseCapModel):
         trans = self.roi_heads.box_deltas(codes)  # P 4
         final = ops.apply_box_transform(props, trans)  # P 4 xcycwh
         dbg.update(recog_codes=codes, objectness_pre_nms=obj, box_trans_pre_nms=trans, final_boxes_pre_nms=final)
-        tokens = self._greedy_original(codes)  # P T (project ids, 0 after END)
-        dbg["lm_seq_pre_nms"] = tokens
         thr = float(self.roi_heads.nms_thresh)
         idx = ops.nms(ops.xcycwh_to_x1y1x2y2(final), obj[:, 0], thr) if thr > 0 else torch.arange(final.shape[0])
-        final, logit, tokens, codes = final[idx], obj[idx, 0], tokens[idx], codes[idx]
+        if debug:
+            tokens = self._greedy_original(codes)  # P T (project ids, 0 after END)
+            dbg["lm_seq_pre_nms"] = tokens
+            tokens = tokens[idx]
+        else:
+            tokens = self._greedy_original(codes[idx])
+        final, logit, codes = final[idx], obj[idx, 0], codes[idx]
         xywh = ops.xcycwh_to_xywh(final)  # the original's output, resized frame
         height = int(x.get("height", H))
         width = int(x.get("width", W))
@@ -247,7 +256,10 @@ class OriginalDenseCapModel(DenseCapModel):
             if len(sel_idx) else torch.zeros(0),
             region_codes=codes[sel_idx].float(),
         )
-        return {"instances": inst, "debug": dbg}
+        out = {"instances": inst}
+        if debug:
+            out["debug"] = dbg
+        return out
 
     def _greedy_original(self, codes: Tensor) -> Tensor:
         """``LanguageModel:sample`` with ``sample_argmax``: step 0 reads ReLU(Linear(code)), step 1

@@ -196,30 +196,34 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float, max_boxes: Optional[int] =
     n = int(boxes.shape[0])
     if n == 0:
         return torch.zeros((0,), dtype=torch.long)
-    x1, y1, x2, y2 = (boxes[:, k].contiguous() for k in range(4))
-    area = ((x2 - x1) + 1.0) * ((y2 - y1) + 1.0)
-    sc = scores.float()
+    # numpy: the same IEEE operations in the boxes' dtype as the original's tensor code, with far
+    # less overhead per step; IoU is computed only against the boxes still in the running (the
+    # values are elementwise, so they equal the original's IoU against all boxes)
+    b = boxes.detach().cpu().numpy()
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    one = b.dtype.type(1.0)
+    area = ((x2 - x1) + one) * ((y2 - y1) + one)
+    sc = scores.detach().float().cpu()
     if torch.unique(sc).numel() == n:  # no ties: any sort gives Torch7's order
-        order_list = torch.sort(sc, stable=True).indices.flip(0).tolist()
+        order = torch.sort(sc, stable=True).indices.flip(0).numpy()
     else:
-        order_list = th_sort_ascending(sc.tolist())[::-1]  # visit order, best first
-    thr = torch.tensor(thresh, dtype=boxes.dtype)
-    alive = torch.ones(n, dtype=torch.bool)
+        order = np.asarray(th_sort_ascending(sc.tolist())[::-1], dtype=np.int64)  # visit order, best first
+    thr = b.dtype.type(thresh)
+    zero = b.dtype.type(0.0)
+    # boxes in visit order; each step compares the next survivor with the contiguous rest
+    ids, bx1, by1, bx2, by2, bar = order, x1[order], y1[order], x2[order], y2[order], area[order]
     pick = []
-    pos = 0
     limit = n if max_boxes is None else int(max_boxes)
-    while pos < n and len(pick) < limit:
-        i = order_list[pos]
-        pos += 1
-        if not alive[i]:
-            continue
-        pick.append(i)
-        alive[i] = False
-        w = (torch.minimum(x2, x2[i]) - torch.maximum(x1, x1[i]) + 1.0).clamp(min=0)
-        h = (torch.minimum(y2, y2[i]) - torch.maximum(y1, y1[i]) + 1.0).clamp(min=0)
+    while ids.size and len(pick) < limit:
+        pick.append(int(ids[0]))
+        w = np.maximum((np.minimum(bx2[1:], bx2[0]) - np.maximum(bx1[1:], bx1[0])) + one, zero)
+        h = np.maximum((np.minimum(by2[1:], by2[0]) - np.maximum(by1[1:], by1[0])) + one, zero)
         inter = w * h
-        iou = inter / ((area + area[i]) - inter)
-        alive &= iou <= thr
+        keep = (inter / ((bar[1:] + bar[0]) - inter)) <= thr
+        if keep.all():
+            ids, bx1, by1, bx2, by2, bar = ids[1:], bx1[1:], by1[1:], bx2[1:], by2[1:], bar[1:]
+        else:
+            ids, bx1, by1, bx2, by2, bar = (a[1:][keep] for a in (ids, bx1, by1, bx2, by2, bar))
     return torch.tensor(pick, dtype=torch.long)
 
 
@@ -296,19 +300,21 @@ def bilinear_sampler_bhwd(features: Tensor, grids: Tensor) -> Tensor:
     y0 = torch.floor(ycoord)
     wx = 1 - (xcoord - x0)
     wy = 1 - (ycoord - y0)
-    x0 = x0.long()
-    y0 = y0.long()
-    flat = features.reshape(C, H * W)
+    x0 = x0.long().reshape(-1)
+    y0 = y0.long().reshape(-1)
+    hwc = features.permute(1, 2, 0).reshape(H * W, C)  # the BHWD layout of the original
     out = None
-    weights = (wx * wy, (1 - wx) * wy, wx * (1 - wy), (1 - wx) * (1 - wy))
+    weights = (wx * wy, (1 - wx) * wy, wx * (1 - wy), (1 - wx) * (1 - wy))  # per point, as the C code
     for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         yy, xx = y0 + dy, x0 + dx
-        inside = (xx >= 0) & (xx <= W - 1) & (yy >= 0) & (yy <= H - 1)  # B Sh Sw
-        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).reshape(-1)
-        v = flat[:, idx].reshape(C, *inside.shape) * inside.to(features.dtype)  # C B Sh Sw
-        term = weights[k] * v
+        inside = (xx >= 0) & (xx <= W - 1) & (yy >= 0) & (yy <= H - 1)  # BSS
+        idx = yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)
+        # an outside neighbour reads 0: w * 0 adds nothing, so its weight is zeroed instead
+        wk = torch.where(inside, weights[k].reshape(-1), torch.zeros((), dtype=features.dtype))
+        term = hwc.index_select(0, idx) * wk[:, None]  # BSS C
         out = term if out is None else out + term
-    return out.permute(1, 0, 2, 3).contiguous()  # B C Sh Sw
+    B, Sh, Sw = grids.shape[:3]
+    return out.reshape(B, Sh, Sw, C).permute(0, 3, 1, 2).contiguous()  # B C Sh Sw
 
 
 def bilinear_roi_pooling(features: Tensor, boxes: Tensor, image_height: int, image_width: int,

@@ -10,7 +10,9 @@ Pitfalls handled here:
   through its own offset/size/stride and copy what you keep (:func:`tensor`), never the storage.
 * ``torchfile`` reads storages with ``numpy.fromfile``, so it needs a real file (a .zip is
   extracted first, see ``densecap.modeling.original.convert``), and a truncated storage is
-  returned short without an error: the readers here check every storage's length.
+  returned short without an error. Here storages are memory-mapped from the file instead
+  (:func:`_mapped_storages`): their length is checked against the file, and only the tensors
+  that are copied (the weights, not the saved gradients) are ever read.
 
 Errors are :class:`Torch7FormatError` naming the file and the problem.
 """
@@ -43,31 +45,60 @@ class _Truncated(Exception):
     pass
 
 
+_STORAGE_DTYPES = {
+    b"torch.ByteStorage": np.uint8, b"torch.CharStorage": np.int8, b"torch.ShortStorage": np.int16,
+    b"torch.IntStorage": np.int32, b"torch.LongStorage": np.int64, b"torch.FloatStorage": np.float32,
+    b"torch.DoubleStorage": np.float64, b"torch.CudaStorage": np.float32, b"torch.CudaByteStorage": np.uint8,
+    b"torch.CudaCharStorage": np.int8, b"torch.CudaShortStorage": np.int16, b"torch.CudaIntStorage": np.int32,
+    b"torch.CudaLongStorage": np.int64, b"torch.CudaDoubleStorage": np.float64,
+}
+
+
+# (address, bytes, file, offset) of the storages mapped by the last load: lets :func:`tensor` read a
+# contiguous tensor straight from the file instead of paging in the mapping and copying it
+_MAPPED: List[tuple] = []
+
+
 @contextlib.contextmanager
-def _checked_storages() -> Iterator[None]:
-    """Make torchfile's storage readers raise on a short read (a truncated file)."""
+def _mapped_storages() -> Iterator[None]:
+    """Make torchfile map storages from the file (``numpy.memmap``) instead of reading them:
+    nothing is loaded until a tensor is copied, so the saved gradients (half of a training
+    checkpoint) never take memory; a storage that runs past the end of the file (a truncated
+    file) raises."""
     import torchfile
 
     saved = {}
-    for name, handler in list(torchfile.type_handlers.items()):
-        if not name.endswith(b"Storage") or b"Half" in name:
-            continue
-        saved[name] = handler
+    _MAPPED.clear()
 
-        def read(reader, version, _h=handler, _name=name):
-            start = reader.f.tell()
+    def make(dtype, name):
+        itemsize = np.dtype(dtype).itemsize
+
+        def read(reader, version):
             size = reader.read_long()
-            reader.f.seek(start)
-            arr = _h(reader, version)
-            if size < 0 or arr.shape[0] != size:
-                raise _Truncated(f"{_name.decode()} of {size} elements ends after {arr.shape[0]}")
-            return arr
+            start = reader.f.tell()
+            total = os.fstat(reader.f.fileno()).st_size
+            if size < 0 or start + size * itemsize > total:
+                raise _Truncated(f"{name.decode()} of {size} elements at byte {start} runs past the end of the file")
+            reader.f.seek(start + size * itemsize)
+            if size == 0:
+                return np.zeros((0,), dtype=dtype)
+            mm = np.memmap(reader.f.name, dtype=dtype, mode="r", offset=start, shape=(size,))
+            _MAPPED.append((mm.__array_interface__["data"][0], size * itemsize, reader.f.name, start))
+            return mm
 
-        torchfile.type_handlers[name] = read
+        return read
+
+    for name, dtype in _STORAGE_DTYPES.items():
+        saved[name] = torchfile.type_handlers.get(name)
+        torchfile.type_handlers[name] = make(dtype, name)
     try:
         yield
     finally:
-        torchfile.type_handlers.update(saved)
+        for name, h in saved.items():
+            if h is None:
+                torchfile.type_handlers.pop(name, None)
+            else:
+                torchfile.type_handlers[name] = h
 
 
 def load_torch7(path: str) -> Any:
@@ -86,7 +117,7 @@ def load_torch7(path: str) -> Any:
     if typeidx not in TORCH7_MAGIC_TYPES:
         raise Torch7FormatError(path, f"not a Torch7 file (first object type {typeidx} is not a Torch7 type id)")
     try:
-        with _checked_storages():
+        with _mapped_storages():
             obj = torchfile.load(path, use_list_heuristic=False)
     except _Truncated as e:
         raise Torch7FormatError(path, f"truncated Torch7 file ({e}; {size} bytes)") from None
@@ -149,6 +180,14 @@ def tensor(arr: Any, what: str) -> np.ndarray:
     """A float32 copy of one tensor view (never the whole shared storage)."""
     if not isinstance(arr, np.ndarray):
         raise KeyError(f"{what} is not a tensor")
+    if arr.dtype == np.float32 and arr.size and arr.flags.c_contiguous:
+        ptr = arr.__array_interface__["data"][0]
+        for base, nbytes, fname, offset in _MAPPED:
+            if base <= ptr and ptr + arr.nbytes <= base + nbytes:
+                out = np.fromfile(fname, dtype=np.float32, count=arr.size, offset=offset + (ptr - base))
+                if out.size == arr.size:
+                    return out.reshape(arr.shape)
+                break
     return np.array(arr, dtype=np.float32, copy=True, order="C")
 
 
