@@ -520,6 +520,11 @@ def test_sampler_affine_boxes():  # BatchBilinearSamplerBHWD_test.lua / Bilinear
     for B in (10, 13, 7):
         boxes = torch.randn(B, 4, generator=g)
         assert ops.bilinear_roi_pooling(feats, boxes, H, W, 7).shape == (B, C, 7, 7)
+    # the model's fast path (grid_sample on the original's grid) equals the op-by-op sampler
+    boxes = torch.rand(50, 4, generator=g) * torch.tensor([W * 16.0, H * 16.0, 200, 200]) + torch.tensor([0, 0, 8, 8])
+    fast = ops.bilinear_roi_pooling(feats, boxes, H * 16, W * 16, 7)
+    exact = ops.bilinear_roi_pooling(feats, boxes, H * 16, W * 16, 7, exact=True)
+    assert torch.allclose(fast, exact, atol=1e-5) and float(exact.abs().sum()) > 0
 
 
 def test_make_anchors_order():  # MakeAnchors_test.lua (anchors + ReshapeBoxFeatures order)
@@ -566,3 +571,7 @@ def test_original_config_builds_with_random_weights():
     assert resized.shape == (120, 160, 3) and abs(scale - 120 / 90) < 1e-9
     assert len(inst) == len(inst.pred_captions) == inst.pred_boxes.shape[0] > 0
     assert inst.scores.min() >= 0 and inst.scores.max() <= 1 and bool((inst.scores[:-1] >= inst.scores[1:]).all())
+    # the greedy loop's caption log-probabilities are the language model's (END included)
+    with torch.no_grad():
+        lp = model.caption_head.score(inst.region_codes, inst.pred_caption_tokens)
+    assert torch.allclose(inst.pred_caption_logprobs, lp, atol=1e-4)

@@ -139,6 +139,7 @@ class OriginalDenseCapModel(DenseCapModel):
     uint8 image already resized."""
 
     clip_boxes_to_image = False  # the predictor must not clip: the original does not
+    exact_sampler = False  # True: the sampler in the original's order of float operations (slower)
 
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "OriginalDenseCapModel":
@@ -216,7 +217,8 @@ class OriginalDenseCapModel(DenseCapModel):
         props = boxes[keep]  # P 4 xcycwh
         dbg["rpn_boxes_nms"] = props
         # recognition
-        roi = ops.bilinear_roi_pooling(feats[0], props, H, W, self.roi_heads.pooler.output_size)  # P C S S
+        roi = ops.bilinear_roi_pooling(feats[0], props, H, W, self.roi_heads.pooler.output_size,
+                                       exact=self.exact_sampler)  # P C S S
         dbg["roi_features"] = roi
         rec = self.roi_heads.recognition
         codes = torch.relu(rec.fc7(torch.relu(rec.fc6(roi.flatten(1)))))  # P F
@@ -227,11 +229,11 @@ class OriginalDenseCapModel(DenseCapModel):
         thr = float(self.roi_heads.nms_thresh)
         idx = ops.nms(ops.xcycwh_to_x1y1x2y2(final), obj[:, 0], thr) if thr > 0 else torch.arange(final.shape[0])
         if debug:
-            tokens = self._greedy_original(codes)  # P T (project ids, 0 after END)
+            tokens, lps = self._greedy_original(codes)  # P T (project ids, 0 after END), P
             dbg["lm_seq_pre_nms"] = tokens
-            tokens = tokens[idx]
+            tokens, lps = tokens[idx], lps[idx]
         else:
-            tokens = self._greedy_original(codes[idx])
+            tokens, lps = self._greedy_original(codes[idx])
         final, logit, codes = final[idx], obj[idx, 0], codes[idx]
         xywh = ops.xcycwh_to_xywh(final)  # the original's output, resized frame
         height = int(x.get("height", H))
@@ -252,8 +254,7 @@ class OriginalDenseCapModel(DenseCapModel):
             boxes_resized_xywh=xywh[sel_idx].float(),
             pred_captions=[self.vocab.decode_str(t.tolist()) for t in tokens[sel_idx]],
             pred_caption_tokens=tokens[sel_idx].long(),
-            pred_caption_logprobs=self.caption_head.score(codes[sel_idx], tokens[sel_idx]).float()
-            if len(sel_idx) else torch.zeros(0),
+            pred_caption_logprobs=lps[sel_idx].float(),
             region_codes=codes[sel_idx].float(),
         )
         out = {"instances": inst}
@@ -261,21 +262,22 @@ class OriginalDenseCapModel(DenseCapModel):
             out["debug"] = dbg
         return out
 
-    def _greedy_original(self, codes: Tensor) -> Tensor:
+    def _greedy_original(self, codes: Tensor) -> Tuple[Tensor, Tensor]:
         """``LanguageModel:sample`` with ``sample_argmax``: step 0 reads ReLU(Linear(code)), step 1
         START, then the previous word, for ``max_caption_len`` steps; each word is the argmax of
-        the raw output logits (PAD/START excluded). Returns project token ids (P, T), 0 after
-        the first END (the caption ends there, as ``decodeSequence``)."""
+        the raw output logits (PAD/START excluded). Returns project token ids (P, T), 0 from the
+        first END on (the caption ends there, as ``decodeSequence``), and each caption's
+        log-probability, END included (after T words: END's probability at step T+1, as
+        ``CaptionDecoder.score``). Regions leave the batch once they said END."""
         head = self.caption_head
         n, T = int(codes.shape[0]), int(self.max_caption_len)
         out = torch.zeros((n, T), dtype=torch.long)
+        logprobs = torch.zeros((n,), dtype=torch.float32)
         if n == 0:
-            return out
+            return out, logprobs
         w_ih, b_ih = head.rnn.weight_ih_l0, head.rnn.bias_ih_l0
         w_hh, b_hh = head.rnn.weight_hh_l0, head.rnn.bias_hh_l0
         Hs = head.hidden_size
-        h = codes.new_zeros((n, Hs))
-        c = codes.new_zeros((n, Hs))
 
         def cell(xin, h, c):
             g = F.linear(xin, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # n 4H (i, f, g, o)
@@ -284,15 +286,29 @@ class OriginalDenseCapModel(DenseCapModel):
             c = f * c + i * gg
             return o * torch.tanh(c), c
 
-        h, c = cell(head.image_proj(codes), h, c)
-        never = torch.zeros(head.vocab_size, dtype=torch.bool)
-        never[[PAD, START]] = True
+        def logits_of(h):
+            z = head.out(h)  # n' V
+            z[:, PAD] = float("-inf")
+            z[:, START] = float("-inf")
+            return z
+
+        h, c = cell(head.image_proj(codes), codes.new_zeros((n, Hs)), codes.new_zeros((n, Hs)))
+        rows = torch.arange(n)  # regions still decoding
         tok = torch.full((n,), START, dtype=torch.long)
-        done = torch.zeros(n, dtype=torch.bool)
-        for t in range(T):
+        for t in range(T + 1):
             h, c = cell(head.embed(tok), h, c)
-            logits = head.out(h).masked_fill(never, float("-inf"))  # n V
-            tok = logits.argmax(dim=1)
-            done |= tok == END
-            out[:, t] = torch.where(done, torch.zeros_like(tok), tok)
-        return out
+            z = logits_of(h)
+            lsm = torch.log_softmax(z, dim=1)
+            if t == T:  # T words without END: the caption is closed with END's probability
+                logprobs[rows] += lsm[:, END]
+                break
+            tok = z.argmax(dim=1)
+            logprobs[rows] += lsm.gather(1, tok[:, None])[:, 0]
+            ended = tok == END
+            out[rows[~ended], t] = tok[~ended]
+            if bool(ended.any()):
+                keep = torch.nonzero(~ended).flatten()
+                if keep.numel() == 0:
+                    break
+                rows, tok, h, c = rows[keep], tok[keep], h[keep], c[keep]
+        return out, logprobs
