@@ -575,3 +575,28 @@ def test_original_config_builds_with_random_weights():
     with torch.no_grad():
         lp = model.caption_head.score(inst.region_codes, inst.pred_caption_tokens)
     assert torch.allclose(inst.pred_caption_logprobs, lp, atol=1e-4)
+
+
+def test_images_are_read_as_the_original_reads_them(tmp_path, converted):
+    """The original's image.load(path, 3): no EXIF rotation, the colour channels of a
+    transparent image as stored (the project's default composites on white)."""
+    from PIL import Image
+
+    from densecap.data.image_io import read_image
+    from densecap.inference.predictor import DenseCapPredictor
+
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0  # fully transparent
+    p = tmp_path / "t.png"
+    Image.fromarray(rgba, "RGBA").save(p)
+    assert read_image(str(p))[0, 0].tolist() == [255, 255, 255]
+    assert read_image(str(p), alpha="drop")[0, 0].tolist() == [200, 0, 0]
+    q = tmp_path / "rot.jpg"
+    im = Image.fromarray(np.zeros((4, 6, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90
+    im.save(q, exif=exif)
+    assert read_image(str(q)).shape[:2] == (6, 4) and read_image(str(q), exif_transpose=False).shape[:2] == (4, 6)
+    pred = DenseCapPredictor.from_checkpoint(converted(REPO_FIXTURE)[0])
+    assert pred.read(str(p))[0, 0].tolist() == [200, 0, 0] and pred.read(str(q)).shape[:2] == (4, 6)

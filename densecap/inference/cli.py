@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from densecap.data.image_io import ImageReadError, read_image
+from densecap.data.image_io import ImageReadError
 
 from .inputs import (
     InputItem,
@@ -449,7 +449,7 @@ def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
             imgs, items, given = [], [], []
             for it in batch:
                 try:
-                    img = it.image if it.image is not None else read_image(it.path)
+                    img = it.image if it.image is not None else predictor.read(it.path)
                 except ImageReadError as e:
                     report(it.path, e.reason)
                     bar.update(1)

@@ -321,10 +321,15 @@ class DenseCapPredictor:
             inp["given_boxes"] = torch.from_numpy(as_given_boxes(given_boxes).astype(np.float32)).reshape(-1, 4)  # M 4
         return inp
 
+    def read(self, path: str) -> np.ndarray:
+        """``read_image`` with the model's reading options, if it has any (the original-compatible
+        model reads images as the original: no EXIF rotation, alpha dropped)."""
+        return read_image(os.fspath(path), **dict(getattr(self.model, "image_read_options", {}) or {}))
+
     # ---- running ---------------------------------------------------------------------------
     def __call__(self, image: ImageLike, given_boxes: Optional[Any] = None) -> Prediction:
         if not isinstance(image, np.ndarray):
-            image = read_image(os.fspath(image))
+            image = self.read(image)
         return self.predict([image], None if given_boxes is None else [given_boxes])[0]
 
     def predict(
@@ -380,7 +385,7 @@ class DenseCapPredictor:
             images, keep = [], []
             for i in range(start, min(start + self.batch_size, len(paths))):
                 try:
-                    images.append(read_image(paths[i]))
+                    images.append(self.read(paths[i]))
                     keep.append(i)
                 except ImageReadError as e:
                     out[i] = e

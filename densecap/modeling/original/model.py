@@ -140,6 +140,9 @@ class OriginalDenseCapModel(DenseCapModel):
 
     clip_boxes_to_image = False  # the predictor must not clip: the original does not
     exact_sampler = False  # True: the sampler in the original's order of float operations (slower)
+    # how the predictor reads image files for this model: as the original's image.load(path, 3)
+    # (pixels as stored: no EXIF rotation; transparency ignored, not composited on white)
+    image_read_options = {"exif_transpose": False, "alpha": "drop"}
 
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "OriginalDenseCapModel":
