@@ -29,8 +29,20 @@ project's vocabulary is ``<PAD> <START> <END> <UNK>`` + the words in the origina
 V+1, words <- their rows; output rows: END <- column V+1, words <- their columns, PAD/START
 zero (the decoder never predicts them), UNK zero with bias -1e4 when the file has no ``<UNK>``.
 
-Memory: torchfile reads the whole file (gradients included) as numpy views; each kept weight is
-copied once, gradients are dropped with the tree before the checkpoint is written.
+What the file must hold (what the original's ``train.lua`` saves; anything else is ignored):
+a table with ``model`` = a ``DenseCapModel`` whose ``nets`` has ``conv_net1`` and ``conv_net2``
+(``modules`` lists holding the 13 ``nn.SpatialConvolution`` of VGG-16 between ReLUs and
+``nn.SpatialMaxPooling``), ``localization_layer.nets.rpn`` (containers holding three
+``nn.SpatialConvolution``: 3x3, box deltas 4k, scores 2k, in this order, and one
+``nn.MakeAnchors`` with ``anchors`` 2 x k, ``x0 y0 sx sy``), ``recog_base`` (two ``nn.Linear``),
+``objectness_branch`` and ``box_reg_branch`` (``nn.Linear``), ``language_model``
+(``nn.LanguageModel`` with ``image_encoder`` (one ``nn.Linear``), ``lookup_table``
+(``nn.LookupTable``), ``rnn`` (one ``nn.LSTM`` and the output ``nn.Linear``), ``vocab_size``,
+``seq_length``, ``idx_to_token`` {1..V: word}). Modules need ``weight`` (and ``bias``) tensors.
+
+Memory: storages are memory-mapped (``torch7._mapped_storages``); each weight is read once from
+the file into its own array, the saved gradients are never read, and the torchfile tree is
+dropped before the checkpoint is written.
 """
 from __future__ import annotations
 
