@@ -600,3 +600,22 @@ def test_images_are_read_as_the_original_reads_them(tmp_path, converted):
     assert read_image(str(q)).shape[:2] == (6, 4) and read_image(str(q), exif_transpose=False).shape[:2] == (4, 6)
     pred = DenseCapPredictor.from_checkpoint(converted(REPO_FIXTURE)[0])
     assert pred.read(str(p))[0, 0].tolist() == [200, 0, 0] and pred.read(str(q)).shape[:2] == (4, 6)
+
+
+@pytest.mark.parametrize("fixture", INTERMEDIATE_FIXTURES, ids=INTERMEDIATE_IDS)
+def test_anchors_and_box_transform_reproduce_rpn_boxes(fixture, converted):
+    """MakeAnchors + ApplyBoxTransform on the original's own deltas give its boxes: the same
+    float32 numbers (exp rounded from float64 like the C library's expf) but for a few ulps."""
+    t, ref = _npy(fixture, "rpn_trans"), _npy(fixture, "rpn_boxes")
+    if t is None or ref is None:
+        pytest.skip("fixture without rpn_trans / rpn_boxes")
+    src = converted(fixture)[1]["source"]["original"]
+    hf, wf = _npy(fixture, "conv_net2_out").shape[-2:]
+    anchors = ops.make_anchors(hf, wf, torch.tensor(src["anchors_wh"]), *src["field_centers"])
+    ref_anchors = _npy(fixture, "rpn_anchors")
+    if ref_anchors is not None:
+        assert np.array_equal(anchors.numpy(), ref_anchors[0])
+    out = ops.apply_box_transform(anchors, torch.from_numpy(t[0])).numpy()
+    assert np.array_equal(out[:, :2], ref[0][:, :2])
+    assert (out != ref[0]).mean() < 0.005
+    np.testing.assert_allclose(out, ref[0], rtol=2e-7, atol=0)

@@ -213,7 +213,7 @@ class OriginalDenseCapModel(DenseCapModel):
         dbg.update(rpn_boxes=boxes, rpn_anchors=anchors, rpn_trans=deltas, rpn_scores=scores2)
         boxes, valid = ops.clip_boxes(boxes, H, W, "xcycwh")
         boxes, scores2 = boxes[valid], scores2[valid]
-        e = torch.exp(scores2)
+        e = ops.exp_f32(scores2)
         prob = torch.pow(e[:, 0] + e[:, 1], -1) * e[:, 0]  # softmax P(positive), as the original
         keep = ops.nms(ops.xcycwh_to_x1y1x2y2(boxes), prob, float(self.rpn.nms_thresh),
                        int(self.rpn.post_nms_topk) if int(self.rpn.post_nms_topk) > 0 else None)

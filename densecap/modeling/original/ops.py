@@ -30,7 +30,8 @@ from torch import Tensor
 
 __all__ = [
     "xcycwh_to_x1y1x2y2", "x1y1x2y2_to_xcycwh", "x1y1x2y2_to_xywh", "xcycwh_to_xywh", "xywh_to_xcycwh",
-    "xywh_to_x1y1x2y2", "clip_boxes", "th_sort_ascending", "nms", "box_iou", "apply_box_transform", "invert_box_transform",
+    "xywh_to_x1y1x2y2", "clip_boxes", "th_sort_ascending", "nms", "box_iou", "exp_f32", "apply_box_transform",
+    "invert_box_transform",
     "make_anchors", "box_to_affine", "affine_grid_bhwd", "bilinear_sampler_bhwd", "bilinear_roi_pooling",
     "torch7_scale_size", "torch7_image_scale", "original_to_image_pixels",
 ]
@@ -229,12 +230,21 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float, max_boxes: Optional[int] =
 
 
 # ---- box regression (ApplyBoxTransform.lua / InvertBoxTransform.lua) -----------------------
+def exp_f32(x: Tensor) -> Tensor:
+    """``exp`` of float32 values rounded from float64, as the C library's ``expf`` that Torch7
+    calls (nearly always the same float; torch's own float32 exp differs by 1 ulp ten times as
+    often). Other dtypes: ``torch.exp``."""
+    if x.dtype != torch.float32:
+        return torch.exp(x)
+    return torch.exp(x.double()).float()
+
+
 def apply_box_transform(boxes: Tensor, trans: Tensor) -> Tensor:
     """(xc, yc, w, h) boxes + (tx, ty, tw, th) -> boxes: ``x = tx * wa + xa``, ``w = wa *
     exp(tw)`` (no clamp of tw, as the original)."""
     xa, ya, wa, ha = boxes.unbind(-1)
     tx, ty, tw, th = trans.unbind(-1)
-    return torch.stack([tx * wa + xa, ty * ha + ya, torch.exp(tw) * wa, torch.exp(th) * ha], dim=-1)
+    return torch.stack([tx * wa + xa, ty * ha + ya, exp_f32(tw) * wa, exp_f32(th) * ha], dim=-1)
 
 
 def invert_box_transform(anchors: Tensor, target: Tensor) -> Tensor:
