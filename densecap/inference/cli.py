@@ -312,6 +312,11 @@ def _options_summary(args, predictor: DenseCapPredictor) -> Dict[str, Any]:
         "overrides": list(args.opts or []),
         "box_format": "xywh, original-image pixels (EXIF orientation applied)",
     }
+    read_opts = dict(getattr(predictor.model, "image_read_options", {}) or {})
+    if not read_opts.get("exif_transpose", True):  # the original-compatible model reads pixels as stored
+        opt["box_format"] = "xywh, original-image pixels as stored (no EXIF rotation, as the original)"
+    if not getattr(predictor.model, "clip_boxes_to_image", True):
+        opt["box_format"] += ", not clipped to the image (as the original)"
     cfg = predictor.cfg
     if cfg is not None:
         opt.update(
