@@ -563,6 +563,7 @@ def test_original_config_builds_with_random_weights():
                       ["MODEL.ORIGINAL.CONV_WIDTHS", "[8, 8, 16, 16, 16]", "MODEL.RPN.HEAD_CHANNELS", "8",
                        "MODEL.ROI.FC_DIM", "32", "MODEL.CAPTION.EMBED_SIZE", "16", "MODEL.CAPTION.HIDDEN_SIZE", "16",
                        "MODEL.RPN.POST_NMS_TOPK_TEST", "50"])
+    torch.manual_seed(0)
     model = build_model(cfg, Vocabulary(["a", "b", "c"])).eval()
     img = np.random.RandomState(0).randint(0, 256, size=(90, 120, 3)).astype(np.uint8)
     resized, scale = model.resize_image(img, 160)
@@ -575,6 +576,10 @@ def test_original_config_builds_with_random_weights():
     with torch.no_grad():
         lp = model.caption_head.score(inst.region_codes, inst.pred_caption_tokens)
     assert torch.allclose(inst.pred_caption_logprobs, lp, atol=1e-4)
+    model.beam_size = 3  # the project's beam search on the same regions: at least as likely captions
+    beam = model([{"image": torch.from_numpy(resized).permute(2, 0, 1), "height": 90, "width": 120}])[0]["instances"]
+    assert torch.equal(beam.pred_boxes, inst.pred_boxes)
+    assert bool((beam.pred_caption_logprobs >= inst.pred_caption_logprobs - 1e-4).all())
 
 
 def test_images_are_read_as_the_original_reads_them(tmp_path, converted):

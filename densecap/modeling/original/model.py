@@ -18,7 +18,8 @@ reproduces the original ``run_model.lua`` / ``DenseCapModel:forward_test`` step 
 4. bilinear RoI sampling with ``BoxToAffine`` + stnbhwd's grid and sampler (7 x 7);
 5. fc6/fc7 (ReLU, dropout off), objectness logit, box refinement applied to the proposals
    (unclipped), greedy LSTM decoding for ``MODEL.CAPTION.MAX_TOKENS`` steps (argmax of the raw
-   logits, a caption ends at the first END);
+   logits, a caption ends at the first END; ``TEST.BEAM_SIZE`` > 1 uses the project's beam
+   search instead, which the original's run_model.lua does not have);
 6. final NMS ``MODEL.ROI.NMS_THRESH_TEST`` (0.3) on the refined boxes ranked by the objectness
    logit; no score threshold, no cap (``TEST.SCORE_THRESH`` / ``DETECTIONS_PER_IMAGE`` are
    applied afterwards only when set).
@@ -235,6 +236,10 @@ class OriginalDenseCapModel(DenseCapModel):
             tokens, lps = self._greedy_original(codes)  # P T (project ids, 0 after END), P
             dbg["lm_seq_pre_nms"] = tokens
             tokens, lps = tokens[idx], lps[idx]
+        elif self.beam_size > 1:  # not the original's (run_model.lua decodes greedily): the project's beam search
+            tokens, lps = self.caption_head.generate(codes[idx], beam_size=self.beam_size, max_len=self.max_caption_len,
+                                                     length_alpha=self.length_alpha)
+            tokens, lps = tokens.cpu(), lps.cpu()
         else:
             tokens, lps = self._greedy_original(codes[idx])
         final, logit, codes = final[idx], obj[idx, 0], codes[idx]
