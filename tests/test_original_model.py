@@ -624,3 +624,21 @@ def test_anchors_and_box_transform_reproduce_rpn_boxes(fixture, converted):
     assert np.array_equal(out[:, :2], ref[0][:, :2])
     assert (out != ref[0]).mean() < 0.005
     np.testing.assert_allclose(out, ref[0], rtol=2e-7, atol=0)
+
+
+def test_cudnn_module_classes_are_read(tmp_path, converted):
+    """A checkpoint saved with the cudnn backend (cudnn.SpatialConvolution / SpatialMaxPooling:
+    same weights) converts to the same model; the class names are rewritten in the stream."""
+    data = open(os.path.join(REPO_FIXTURE, "checkpoint.t7"), "rb").read()
+    for old in (b"nn.SpatialConvolution", b"nn.SpatialMaxPooling"):
+        new = b"cudnn." + old[3:]
+        n = data.count(struct.pack("<i", len(old)) + old)
+        assert n > 0
+        data = data.replace(struct.pack("<i", len(old)) + old, struct.pack("<i", len(new)) + new)
+    p = tmp_path / "cudnn.t7"
+    p.write_bytes(data)
+    ck = convert_torch7_checkpoint(str(p))
+    ref = converted(REPO_FIXTURE)[1]
+    assert ck["model"].keys() == ref["model"].keys()
+    for k, v in ref["model"].items():
+        assert torch.equal(ck["model"][k], v), k

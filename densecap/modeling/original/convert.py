@@ -148,8 +148,38 @@ def _weights(mod: Any, where: str, tname: str) -> Tuple[np.ndarray, Optional[np.
     return w, (t7.tensor(b, f"{where}.bias") if isinstance(b, np.ndarray) and b.size else None)
 
 
+# module classes that hold the same weights (a checkpoint saved with the cudnn backend, or with
+# the older SpatialConvolutionMM whose weight may be stored as (out, in * kH * kW))
+CONV_TYPES = ("nn.SpatialConvolution", "cudnn.SpatialConvolution", "nn.SpatialConvolutionMM")
+POOL_TYPES = ("nn.SpatialMaxPooling", "cudnn.SpatialMaxPooling")
+
+
+def _conv_weights(mod: Any, where: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    t = t7.typename(mod)
+    if t not in CONV_TYPES:
+        raise _Missing(f"{where} (expected a spatial convolution, found {t or type(mod).__name__})")
+    w, b = _weights(mod, where, t)
+    if w.ndim == 2:  # SpatialConvolutionMM: (out, in * kH * kW)
+        try:
+            shape = tuple(int(t7.get(mod, k)) for k in ("nOutputPlane", "nInputPlane", "kH", "kW"))
+        except KeyError:
+            raise _Missing(f"{where}.nInputPlane/kH/kW (2-D convolution weight)") from None
+        w = w.reshape(shape)
+    return w, b
+
+
 def _find(seq: List[Any], tname: str) -> List[Tuple[int, Any]]:
     return [(i, m) for i, m in enumerate(seq) if t7.typename(m) == tname]
+
+
+def _walk_all(mod: Any) -> List[Any]:
+    """All modules inside containers, depth first, in order."""
+    out = [mod]
+    mods = t7.get(mod, "modules", None) if t7.typename(mod) else None
+    if mods is not None:
+        for m in t7.lua_list(mods):
+            out += _walk_all(m)
+    return out
 
 
 def _walk(mod: Any, tname: str) -> List[Any]:
@@ -180,29 +210,29 @@ def _read_original(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         convs = []
         for name in ("conv_net1", "conv_net2"):
             seq = _need(nets, name, "model.nets")
-            convs += [(name, m) for m in t7.modules(seq) if t7.typename(m) == "nn.SpatialConvolution"]
+            convs += [(name, m) for m in t7.modules(seq) if t7.typename(m) in CONV_TYPES]
         if len(convs) != 13:
             raise _Missing(f"model.nets.conv_net1/conv_net2 (expected the 13 VGG-16 convolutions, found {len(convs)})")
         widths = []
         for i, (name, m) in enumerate(convs):
-            w, b = _weights(m, f"model.nets.{name}[conv {i + 1}]", "nn.SpatialConvolution")
+            w, b = _conv_weights(m, f"model.nets.{name}[conv {i + 1}]")
             W[f"conv{i}.weight"], W[f"conv{i}.bias"] = w, b
             widths.append(int(w.shape[0]))
         block_ends = [1, 3, 6, 9, 12]
         conv_widths = [widths[i] for i in block_ends]
         pools = [m for name in ("conv_net1", "conv_net2") for m in t7.modules(_need(nets, name, "model.nets"))
-                 if t7.typename(m) == "nn.SpatialMaxPooling"]
+                 if t7.typename(m) in POOL_TYPES]
         if len(pools) != 4 or not all(bool(t7.get(p, "ceil_mode", False)) for p in pools):
             logger.warning("%s: expected 4 ceil-mode max poolings in the CNN (loadcaffe's VGG-16)", path)
         # RPN
         loc = _need(nets, "localization_layer", "model.nets")
         rpn = _need(_need(loc, "nets", "model.nets.localization_layer"), "rpn", "model.nets.localization_layer.nets")
-        rpn_convs = _walk(rpn, "nn.SpatialConvolution")
+        rpn_convs = [m for m in _walk_all(rpn) if t7.typename(m) in CONV_TYPES]
         if len(rpn_convs) != 3:
             raise _Missing(f"model.nets.localization_layer.nets.rpn (expected 3 convolutions, found {len(rpn_convs)})")
-        W["rpn.conv.weight"], W["rpn.conv.bias"] = _weights(rpn_convs[0], "rpn conv 3x3", "nn.SpatialConvolution")
-        W["rpn.box.weight"], W["rpn.box.bias"] = _weights(rpn_convs[1], "rpn box conv", "nn.SpatialConvolution")
-        W["rpn.score.weight"], W["rpn.score.bias"] = _weights(rpn_convs[2], "rpn score conv", "nn.SpatialConvolution")
+        W["rpn.conv.weight"], W["rpn.conv.bias"] = _conv_weights(rpn_convs[0], "rpn conv 3x3")
+        W["rpn.box.weight"], W["rpn.box.bias"] = _conv_weights(rpn_convs[1], "rpn box conv")
+        W["rpn.score.weight"], W["rpn.score.bias"] = _conv_weights(rpn_convs[2], "rpn score conv")
         mk = _walk(rpn, "nn.MakeAnchors")
         if len(mk) != 1:
             raise _Missing("model.nets.localization_layer.nets.rpn: nn.MakeAnchors")
@@ -246,9 +276,12 @@ def _read_original(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         idx = t7.fields(_need(lm, "idx_to_token", "language_model"))
         tokens = []
         for i in range(1, vocab_size + 1):
-            if i not in idx and float(i) not in idx:
+            for key in (i, float(i), str(i).encode()):  # number keys, or the JSON's string keys
+                if key in idx:
+                    tokens.append(t7.to_str(idx[key]))
+                    break
+            else:
                 raise _Missing(f"language_model.idx_to_token[{i}]")
-            tokens.append(t7.to_str(idx[i] if i in idx else idx[float(i)]))
         opt = t7.get(root, "opt", None) or t7.get(model, "opt", None) or {}
         cnn_name = t7.to_str(t7.get(opt, "cnn_name", b"vgg-16")) if isinstance(opt, dict) else "vgg-16"
     except _Missing as e:
