@@ -209,7 +209,8 @@ class OriginalDenseCapModel(DenseCapModel):
         # RPN
         deltas, scores2 = self.rpn.head.forward_original(feats)  # A 4, A 2
         x0, y0, sx, sy = self.field_centers
-        anchors = ops.make_anchors(feats.shape[-2], feats.shape[-1], self.anchors_wh, x0, y0, sx, sy)  # A 4
+        anchors = ops.make_anchors(feats.shape[-2], feats.shape[-1], self.anchors_wh, x0, y0, sx, sy)
+        anchors = anchors.to(feats.device)  # A 4
         boxes = ops.apply_box_transform(anchors, deltas)  # A 4 xcycwh
         dbg.update(rpn_boxes=boxes, rpn_anchors=anchors, rpn_trans=deltas, rpn_scores=scores2)
         boxes, valid = ops.clip_boxes(boxes, H, W, "xcycwh")
@@ -218,7 +219,7 @@ class OriginalDenseCapModel(DenseCapModel):
         prob = torch.pow(e[:, 0] + e[:, 1], -1) * e[:, 0]  # softmax P(positive), as the original
         keep = ops.nms(ops.xcycwh_to_x1y1x2y2(boxes), prob, float(self.rpn.nms_thresh),
                        int(self.rpn.post_nms_topk) if int(self.rpn.post_nms_topk) > 0 else None)
-        props = boxes[keep]  # P 4 xcycwh
+        props = boxes[keep.to(boxes.device)]  # P 4 xcycwh
         dbg["rpn_boxes_nms"] = props
         # recognition
         roi = ops.bilinear_roi_pooling(feats[0], props, H, W, self.roi_heads.pooler.output_size,
@@ -232,6 +233,7 @@ class OriginalDenseCapModel(DenseCapModel):
         dbg.update(recog_codes=codes, objectness_pre_nms=obj, box_trans_pre_nms=trans, final_boxes_pre_nms=final)
         thr = float(self.roi_heads.nms_thresh)
         idx = ops.nms(ops.xcycwh_to_x1y1x2y2(final), obj[:, 0], thr) if thr > 0 else torch.arange(final.shape[0])
+        idx = idx.to(final.device)
         if debug:
             tokens, lps = self._greedy_original(codes)  # P T (project ids, 0 after END), P
             dbg["lm_seq_pre_nms"] = tokens
@@ -242,7 +244,8 @@ class OriginalDenseCapModel(DenseCapModel):
             tokens, lps = tokens.cpu(), lps.cpu()
         else:
             tokens, lps = self._greedy_original(codes[idx])
-        final, logit, codes = final[idx], obj[idx, 0], codes[idx]
+        final, logit, codes = final[idx].cpu(), obj[idx, 0].cpu(), codes[idx].cpu()
+        tokens, lps = tokens.cpu(), lps.cpu()
         xywh = ops.xcycwh_to_xywh(final)  # the original's output, resized frame
         height = int(x.get("height", H))
         width = int(x.get("width", W))
@@ -279,8 +282,9 @@ class OriginalDenseCapModel(DenseCapModel):
         ``CaptionDecoder.score``). Regions leave the batch once they said END."""
         head = self.caption_head
         n, T = int(codes.shape[0]), int(self.max_caption_len)
-        out = torch.zeros((n, T), dtype=torch.long)
-        logprobs = torch.zeros((n,), dtype=torch.float32)
+        dev = codes.device
+        out = torch.zeros((n, T), dtype=torch.long, device=dev)
+        logprobs = torch.zeros((n,), dtype=torch.float32, device=dev)
         if n == 0:
             return out, logprobs
         w_ih, b_ih = head.rnn.weight_ih_l0, head.rnn.bias_ih_l0
@@ -301,8 +305,8 @@ class OriginalDenseCapModel(DenseCapModel):
             return z
 
         h, c = cell(head.image_proj(codes), codes.new_zeros((n, Hs)), codes.new_zeros((n, Hs)))
-        rows = torch.arange(n)  # regions still decoding
-        tok = torch.full((n,), START, dtype=torch.long)
+        rows = torch.arange(n, device=dev)  # regions still decoding
+        tok = torch.full((n,), START, dtype=torch.long, device=dev)
         for t in range(T + 1):
             h, c = cell(head.embed(tok), h, c)
             z = logits_of(h)

@@ -292,7 +292,7 @@ def affine_grid_bhwd(theta: Tensor, out_h: int, out_w: int) -> Tensor:
     bx = torch.tensor([-1 + j / (out_w - 1) * 2 for j in range(out_w)], dtype=torch.float64).float()
     base = torch.stack([by.view(-1, 1).expand(out_h, out_w), bx.view(1, -1).expand(out_h, out_w),
                         torch.ones(out_h, out_w)], dim=-1).reshape(1, out_h * out_w, 3)  # 1 SS 3
-    grid = torch.bmm(base.expand(theta.shape[0], -1, -1).to(theta.dtype), theta.transpose(1, 2))  # B SS 2
+    grid = torch.bmm(base.expand(theta.shape[0], -1, -1).to(theta), theta.transpose(1, 2))  # B SS 2
     return grid.reshape(theta.shape[0], out_h, out_w, 2)
 
 
