@@ -329,11 +329,15 @@ def test_start_from_a_joint_checkpoint_with_a_dense_only_config(tiny_cfg, tmp_pa
     assert trainer.vocab.idx_to_token == joint_vocab
     trainer.train()
 
-    # a checkpoint whose vocabulary is not an extension of the data's: refused, with the reason
+    # a checkpoint whose vocabulary is not an extension of the data's: its words keep their ids,
+    # the data's missing word is appended (a new row) and the dataset translates the data's ids
     ckpt = load_checkpoint(joint_ckpt)
+    lost = ckpt["vocab"]["idx_to_token"][4]
     ckpt["vocab"]["idx_to_token"] = ckpt["vocab"]["idx_to_token"][:4] + ["zebra"] + ckpt["vocab"]["idx_to_token"][5:]
-    bad = str(tmp_path / "bad.pth")
-    torch.save(ckpt, bad)
-    dense.MODEL.WEIGHTS = bad
-    with pytest.raises(ValueError, match="another vocabulary"):
-        Trainer(dense)
+    other = str(tmp_path / "other.pth")
+    torch.save(ckpt, other)
+    dense.MODEL.WEIGHTS = other
+    dense.OUTPUT_DIR = str(tmp_path / "emb2")
+    trainer = Trainer(dense)
+    assert trainer.vocab.idx_to_token == ckpt["vocab"]["idx_to_token"] + [lost]
+    trainer.train()

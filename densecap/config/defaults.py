@@ -48,6 +48,15 @@ _C.MODEL.BACKBONE.STRIDE = 16
 # learned features colour-invariant).
 _C.MODEL.BACKBONE.RGB_SKIP = False
 
+# The original-compatible model (META_ARCHITECTURE "DenseCapOriginal", backbone "vgg16_original";
+# configs/densecap_vgg16_original.yaml, what converted Torch7 checkpoints use).
+_C.MODEL.ORIGINAL = CfgNode()
+# Output channels of the five VGG-16 conv blocks (the original's; narrow test models differ).
+_C.MODEL.ORIGINAL.CONV_WIDTHS = [64, 128, 256, 512, 512]
+# Anchor centres (x0, y0, sx, sy): x = x0 + sx * column, 1-based input pixels (the original's
+# net_utils.compute_field_centers for VGG-16 conv5).
+_C.MODEL.ORIGINAL.FIELD_CENTERS = [8.5, 8.5, 16.0, 16.0]
+
 _C.MODEL.FPN = CfgNode()
 _C.MODEL.FPN.OUT_CHANNELS = 256
 

@@ -31,7 +31,7 @@ from densecap.structures import Instances, xywh_to_xyxy
 
 from .image_io import ImageReadError, read_image, resize_longest_side
 from .prepared import PreparedSplit, load_split, load_vocab
-from .tokenizer import Vocabulary
+from .tokenizer import PAD, UNK, Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,18 @@ class DenseCapDataset(Dataset):
         """``image_captions``: ``{id: [[token, ...], ...]}`` whole-image captions, looked up by
         each image's ``image_caption_match`` id ("image_id" or "coco_id")."""
         self.data: PreparedSplit = load_split(prepared_dir, split)
-        self.vocab = vocab if vocab is not None else load_vocab(prepared_dir)
+        # the prepared word ids are in ``data_vocab``; captions come out in ``vocab`` (a model's,
+        # e.g. a pretrained vocabulary extended by the data's new words): ids are translated word
+        # by word when the two differ (a word ``vocab`` lacks becomes <UNK>)
+        self.data_vocab = load_vocab(prepared_dir)
+        self.vocab = vocab if vocab is not None else self.data_vocab
+        self._id_map: Optional[np.ndarray] = None
+        if self.vocab != self.data_vocab:
+            n = len(self.data_vocab)
+            if self.vocab.idx_to_token[:n] != self.data_vocab.idx_to_token:
+                self._id_map = np.array([self.vocab.token_to_idx.get(t, UNK) for t in self.data_vocab.idx_to_token],
+                                        dtype=np.int64)
+                self._id_map[PAD] = PAD
         self.max_size = int(max_size)
         self.flip = bool(flip)
         self.num_images = len(self.data) if max_images <= 0 else min(max_images, len(self.data))
@@ -101,7 +112,7 @@ class DenseCapDataset(Dataset):
         return self.num_images
 
     def gt_captions_str(self, i: int) -> List[str]:
-        return self.data.caption_strings(i, self.vocab)
+        return self.data.caption_strings(i, self.data_vocab)
 
     def gt_boxes_xywh(self, i: int) -> np.ndarray:
         return self.data.boxes[self.data.regions(i)].astype(np.float64)
@@ -132,7 +143,10 @@ class DenseCapDataset(Dataset):
         img, scale = resize_longest_side(img, self.max_size)
         hs, ws = img.shape[:2]
         boxes_xyxy = xywh_to_xyxy(boxes) * scale
-        captions = torch.from_numpy(d.captions[sl].astype(np.int64))
+        captions = d.captions[sl].astype(np.int64)
+        if self._id_map is not None:
+            captions = self._id_map[captions]
+        captions = torch.from_numpy(captions)
         image_caps = self.image_caption_tokens(i)
         image_caption_ids = self.encode_image_captions(image_caps) if self._caption_ids is not None else None
         if self.flip and torch.rand(()) < 0.5:

@@ -24,7 +24,7 @@ class ImageReadError(IOError):
         super().__init__(f"{path}: {reason}")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
@@ -44,14 +44,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = img.convert("RGBA")
+        if alpha == "drop":  # the colour channels as stored (Torch7's image.load)
+            return rgba.convert("RGB")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     # L, 1, CMYK, YCbCr, LAB, HSV ...
     return img.convert("RGB")
 
 
-def read_image(path: str) -> np.ndarray:
-    """Read ``path`` as an RGB uint8 array (H, W, 3), EXIF orientation applied."""
+def read_image(path: str, *, exif_transpose: bool = True, alpha: str = "white") -> np.ndarray:
+    """Read ``path`` as an RGB uint8 array (H, W, 3), EXIF orientation applied.
+
+    ``exif_transpose=False`` keeps the pixels as stored; ``alpha="drop"`` keeps the colour
+    channels of an image with transparency as they are instead of compositing them on white.
+    Both together read an image as the original DenseCap's ``image.load(path, 3)`` does."""
+    if alpha not in ("white", "drop"):
+        raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ImageReadError(path, "is a directory, not an image file")
@@ -62,8 +70,9 @@ def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img, alpha)
             arr = np.asarray(img, dtype=np.uint8).copy()
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file (format not recognised)") from None

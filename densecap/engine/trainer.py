@@ -46,22 +46,43 @@ def check_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
 
 def _training_vocab(cfg, init: Optional[dict]) -> Vocabulary:
     """The training data's vocabulary (``load_train_vocab``), or, when training starts from a
-    checkpoint (MODEL.WEIGHTS) whose vocabulary extends it (e.g. a joint model's whole-image caption
-    words after the region words), the checkpoint's: its caption layers are sized for it and the
-    data's word ids mean the same in both. Any other difference is an error."""
+    checkpoint (MODEL.WEIGHTS) with another vocabulary, the checkpoint's words (their ids kept)
+    followed by the data's words it lacks: the model's word rows are extended for them
+    (:func:`extend_vocab_rows`) and the datasets translate their word ids into it."""
     data = load_train_vocab(cfg)
     if init is None or not init.get("vocab"):
         return data
     ckpt = Vocabulary.from_dict(init["vocab"])
     if ckpt == data:
         return data
-    if ckpt.idx_to_token[: len(data)] == data.idx_to_token:
-        logger.info("vocabulary of %s: the training data's %d tokens + %d more, kept", cfg.MODEL.WEIGHTS, len(data), len(ckpt) - len(data))
+    new = [w for w in data.idx_to_token[4:] if w not in ckpt]
+    if not new:
+        logger.info("vocabulary of %s (%d tokens) kept: it covers the training data's %d", cfg.MODEL.WEIGHTS, len(ckpt), len(data))
         return ckpt
-    raise ValueError(
-        f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} was trained with another vocabulary ({len(ckpt)} tokens) than the "
-        f"training data's ({len(data)} tokens, {cfg.DATASETS.TRAIN[0]}): its word ids would mean other words"
-    )
+    logger.info("vocabulary of %s (%d tokens) extended by %d new words of the training data (e.g. %s)",
+                cfg.MODEL.WEIGHTS, len(ckpt), len(new), ", ".join(new[:8]))
+    return Vocabulary(ckpt.idx_to_token[4:] + new)
+
+
+def extend_vocab_rows(model: torch.nn.Module, state: Dict[str, torch.Tensor], old_size: int, new_size: int) -> Dict[str, torch.Tensor]:
+    """``state`` (a checkpoint's weights for a vocabulary of ``old_size`` tokens) fitted to
+    ``model`` built for ``new_size`` tokens whose first ``old_size`` are the same: every tensor
+    whose first dimension is the vocabulary (word embeddings, output layers) keeps its rows and
+    takes the model's fresh initialisation for the new ones."""
+    if new_size == old_size:
+        return state
+    own = model.state_dict()
+    out = dict(state)
+    for k, v in state.items():
+        mine = own.get(k)
+        if mine is None or mine.shape == v.shape or v.dim() == 0:
+            continue
+        if v.shape[0] == old_size and mine.shape[0] == new_size and mine.shape[1:] == v.shape[1:]:
+            t = mine.detach().clone()
+            t[:old_size] = v.to(t.dtype)
+            out[k] = t
+            logger.info("%s: %d word rows kept, %d new rows initialised", k, old_size, new_size - old_size)
+    return out
 
 
 class Trainer:
@@ -87,7 +108,10 @@ class Trainer:
             model.load_state_dict(ckpt["model"])
             logger.info("resuming from %s at iteration %d", last, ckpt["iteration"])
         elif init is not None:
-            missing, unexpected = model.load_state_dict(init["model"], strict=False)
+            state = init["model"]
+            if init.get("vocab"):
+                state = extend_vocab_rows(model, state, len(init["vocab"]["idx_to_token"]), len(self.vocab))
+            missing, unexpected = model.load_state_dict(state, strict=False)
             logger.info("initialised from %s (missing %s, unexpected %s)", cfg.MODEL.WEIGHTS, missing, unexpected)
         self.model = model
         self.optimizer = build_optimizer(cfg, model)

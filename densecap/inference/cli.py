@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from densecap.data.image_io import ImageReadError, read_image
+from densecap.data.image_io import ImageReadError
 
 from .inputs import (
     InputItem,
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--config-file", default="", metavar="FILE",
                    help="YAML config; optional: the checkpoint carries its own config")
-    g.add_argument("--weights", required=True, metavar="CKPT", help="model checkpoint (.pth)")
+    g.add_argument("--weights", required=True, metavar="CKPT", help="model checkpoint (.pth), or the original DenseCap's Torch7 file "
+                   "(.t7 / .t7.zip: converted once and cached next to it or in ~/.cache/densecap)")
     g.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: the config's MODEL.DEVICE")
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--input", nargs="+", default=[], metavar="PATH",
@@ -311,6 +312,11 @@ def _options_summary(args, predictor: DenseCapPredictor) -> Dict[str, Any]:
         "overrides": list(args.opts or []),
         "box_format": "xywh, original-image pixels (EXIF orientation applied)",
     }
+    read_opts = dict(getattr(predictor.model, "image_read_options", {}) or {})
+    if not read_opts.get("exif_transpose", True):  # the original-compatible model reads pixels as stored
+        opt["box_format"] = "xywh, original-image pixels as stored (no EXIF rotation, as the original)"
+    if not getattr(predictor.model, "clip_boxes_to_image", True):
+        opt["box_format"] += ", not clipped to the image (as the original)"
     cfg = predictor.cfg
     if cfg is not None:
         opt.update(
@@ -448,7 +454,7 @@ def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
             imgs, items, given = [], [], []
             for it in batch:
                 try:
-                    img = it.image if it.image is not None else read_image(it.path)
+                    img = it.image if it.image is not None else predictor.read(it.path)
                 except ImageReadError as e:
                     report(it.path, e.reason)
                     bar.update(1)

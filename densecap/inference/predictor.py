@@ -271,6 +271,10 @@ class DenseCapPredictor:
             options["device"] = "cpu"  # a checkpoint trained on a GPU still runs here
         cfg = load_config(config_file, None) if config_file else None
         all_opts = list(opts or ()) + options_to_opts(**options)
+        from densecap.modeling.original import cached_conversion, is_torch7_path
+
+        if is_torch7_path(weights):  # the original's Torch7 file: converted once, cached
+            weights = cached_conversion(weights)
         model, cfg = build_model_from_checkpoint(weights, cfg, all_opts)
         apply_eval_options(model, cfg)
         if caption_weights:
@@ -300,7 +304,11 @@ class DenseCapPredictor:
         """One entry of the model's ``batched_inputs`` for an RGB uint8 image (H, W, 3)."""
         image = _check_image(image)
         h0, w0 = image.shape[:2]
-        resized, scale = resize_longest_side(image, self.image_size)
+        own_resize = getattr(self.model, "resize_image", None)  # a model with its own resize (the original's)
+        if callable(own_resize):
+            resized, scale = own_resize(image, self.image_size)
+        else:
+            resized, scale = resize_longest_side(image, self.image_size)
         inp: Dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).contiguous(),  # 3 H' W'
             "height": int(h0),
@@ -313,10 +321,15 @@ class DenseCapPredictor:
             inp["given_boxes"] = torch.from_numpy(as_given_boxes(given_boxes).astype(np.float32)).reshape(-1, 4)  # M 4
         return inp
 
+    def read(self, path: str) -> np.ndarray:
+        """``read_image`` with the model's reading options, if it has any (the original-compatible
+        model reads images as the original: no EXIF rotation, alpha dropped)."""
+        return read_image(os.fspath(path), **dict(getattr(self.model, "image_read_options", {}) or {}))
+
     # ---- running ---------------------------------------------------------------------------
     def __call__(self, image: ImageLike, given_boxes: Optional[Any] = None) -> Prediction:
         if not isinstance(image, np.ndarray):
-            image = read_image(os.fspath(image))
+            image = self.read(image)
         return self.predict([image], None if given_boxes is None else [given_boxes])[0]
 
     def predict(
@@ -372,7 +385,7 @@ class DenseCapPredictor:
             images, keep = [], []
             for i in range(start, min(start + self.batch_size, len(paths))):
                 try:
-                    images.append(read_image(paths[i]))
+                    images.append(self.read(paths[i]))
                     keep.append(i)
                 except ImageReadError as e:
                     out[i] = e
@@ -414,7 +427,9 @@ class DenseCapPredictor:
                 raise RuntimeError("the model changed or reordered the given boxes (contract: exactly those, in order)")
             boxes = exact
         else:
-            if len(boxes):  # resizing rounds the image size: keep detections inside the original image
+            # resizing rounds the image size: keep detections inside the original image (unless the
+            # model says it must not: the original-compatible model reports unclipped boxes)
+            if len(boxes) and getattr(self.model, "clip_boxes_to_image", True):
                 boxes = xyxy_to_xywh(clip_xyxy(xywh_to_xyxy(boxes), h, w)).astype(np.float32)
         if given is None and self.score_thresh > 0 and len(scores):
             keep = scores >= self.score_thresh

@@ -30,3 +30,4 @@ def build_model(cfg, vocab: Vocabulary) -> nn.Module:
     logger.info("built %s: %.2fM parameters (%.2fM trainable)", cfg.MODEL.META_ARCHITECTURE, n / 1e6, n_train / 1e6)
     return model
 from . import image_captioner  # noqa: F401,E402  (registers META_ARCHITECTURE "ImageCaptioner")
+from . import original  # noqa: F401,E402  (registers META_ARCHITECTURE "DenseCapOriginal", backbone "vgg16_original")

@@ -8,13 +8,25 @@ pixel ``k`` covers ``[k, k+1)``. A feature map of stride ``s`` with ``W`` column
 therefore sits at the fractional cell index ``u = x / s - 0.5`` (integers = cell centres), which is
 ``grid_sample``'s ``align_corners=False`` normalised coordinate ``g = 2 * x / (s * W) - 1``.
 
-Bilinear sampler (the original's BilinearRoiPooling)
-----------------------------------------------------
+Bilinear sampler (the project's; modelled on the original's BilinearRoiPooling)
+-------------------------------------------------------------------------------
 An S x S grid of points evenly spaced from edge to edge of the box, corners included:
 ``x_k = x1 + k * (x2 - x1) / (S - 1)`` for ``k = 0 .. S-1`` (the centre when ``S == 1``), same for
 ``y``; each point reads the bilinear interpolation of its four neighbouring cells, a neighbour
 outside the map reading 0 (``padding_mode="zeros"``). The output is differentiable with respect to
 the features *and* the box coordinates (``grid_sample`` backpropagates into the grid).
+
+This is the original's idea (a bilinear grid over the box, gradients into the box) in this
+module's exact stride geometry; it is **not** the original's numbers. The original
+(``BoxToAffine`` + stnbhwd's ``AffineGridGeneratorBHWD`` / ``BilinearSamplerBHWD``, reproduced in
+``densecap.modeling.original.ops.bilinear_roi_pooling``) normalises a box (xc, yc, w, h) in
+1-based pixels of a W-wide image to the centre ``(2 xc - W - 1) / (W - 1)`` and half-width
+``w / W``, and reads the feature map with ``align_corners=True``: image pixel 1 lands on the
+centre of feature column 0 and pixel W on the centre of the last column, whatever the stride and
+the rounding of the feature map size (``ceil(W / 16)`` columns). Inside the image the two differ
+by a fraction of a cell; at the borders they differ by up to about half a cell, and the original's
+box extent is ``w * (W - 1) / W`` rather than ``w`` pixels. The original-compatible model
+(``MODEL.META_ARCHITECTURE: "DenseCapOriginal"``) uses the original's sampler at inference.
 
 ``roi_align`` uses ``torchvision.ops.roi_align`` (aligned=True, same pixel convention, bins
 averaged, no gradient to the boxes) for comparison.
