@@ -70,7 +70,7 @@ def _vocab(n: int):
 
 def _model(vocab, region_dim: int, hidden: int, embed_dim: int, seed: int):
     from densecap.modeling.language_model import LSTMCaptionDecoder
-    from densecap.retrieval.embedding import EmbeddingHead
+    from densecap.modeling.embedding import EmbeddingHead
 
     torch.manual_seed(seed)
     m = torch.nn.Module()
@@ -150,7 +150,7 @@ def _time_queries(root: str, rmodel, args) -> Dict:
 def run(args) -> Dict:
     from densecap.retrieval.search import RetrievalModel
 
-    if args.threads > 0:  # this benchmark process only (see /work/notes/perf_findings.md: 1 thread under load)
+    if args.threads > 0:  # this benchmark process only (one thread is fastest on a loaded machine)
         torch.set_num_threads(args.threads)
     tmp = None
     work = args.workdir

@@ -169,7 +169,7 @@ _C.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT = 4
 # Standalone captioner training: "sample" one of an image's K captions per step, or "all" K.
 _C.MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS = "sample"
 
-# Joint region-sentence embedding for region retrieval (densecap/retrieval/embedding.py; Karpathy
+# Joint region-sentence embedding for region retrieval (densecap/modeling/embedding.py; Karpathy
 # & Fei-Fei's alignment model): a bidirectional RNN over word embeddings for sentences, a linear
 # map of region codes, both L2-normalised; trained on the positives' (region code, GT caption)
 # pairs with the bidirectional max-margin ranking loss. Used by "tools/retrieve.py query --mode fast"

@@ -39,6 +39,8 @@ END_TOKEN = "<END>"
 UNK_TOKEN = "<UNK>"
 SPECIAL_TOKENS = (PAD_TOKEN, START_TOKEN, END_TOKEN, UNK_TOKEN)
 PAD, START, END, UNK = 0, 1, 2, 3
+# the ids below NUM_SPECIAL are the special tokens; words start at NUM_SPECIAL
+NUM_SPECIAL = len(SPECIAL_TOKENS)
 
 
 def tokenize(phrase: str) -> List[str]:

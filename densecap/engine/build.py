@@ -5,13 +5,14 @@ import logging
 import math
 import os
 from collections import Counter
-from typing import Iterator, List
+from typing import List
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import ConcatDataset
 
 from densecap.data.catalog import DatasetCatalog
-from densecap.data.dataset import DenseCapDataset, collate
+from densecap.data.dataset import DenseCapDataset
+from densecap.data.loader import InfiniteLoader
 from densecap.data.prepared import load_vocab
 from densecap.data.tokenizer import Vocabulary
 from densecap.utils import comm
@@ -88,7 +89,7 @@ def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_imag
     )
 
 
-def build_train_loader(cfg, vocab: Vocabulary) -> "InfiniteLoader":
+def build_train_loader(cfg, vocab: Vocabulary) -> InfiniteLoader:
     if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
         from densecap.data.captions import build_caption_train_loader
 
@@ -109,41 +110,6 @@ def build_train_loader(cfg, vocab: Vocabulary) -> "InfiniteLoader":
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         seed=cfg.SEED,
     )
-
-
-class InfiniteLoader:
-    """Endless batches; epoch ``e`` is shuffled with seed ``seed + e`` on every rank."""
-
-    def __init__(self, dataset, *, batch_size: int, num_workers: int, seed: int) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.epoch = 0
-
-    def _loader(self) -> DataLoader:
-        if comm.get_world_size() > 1:
-            sampler = DistributedSampler(self.dataset, shuffle=True, seed=self.seed, drop_last=True)
-            sampler.set_epoch(self.epoch)
-        else:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            sampler = RandomSampler(self.dataset, generator=g)
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            drop_last=True,
-            persistent_workers=False,
-        )
-
-    def __iter__(self) -> Iterator[List[dict]]:
-        while True:
-            for batch in self._loader():
-                yield batch
-            self.epoch += 1
 
 
 _FIXED_IN_FROZEN = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)

@@ -3,7 +3,7 @@
 N: regions of one image, D: region code size, T: caption tokens, M: given boxes.
 
 The predictor wraps a model that honours the eval contract of ``densecap.modeling`` (see
-``/work/notes/common.md`` or ``densecap/modeling``): it reads images with the project's one loader
+:class:`densecap.modeling.meta_arch.DenseCapModel`): it reads images with the project's one loader
 (``densecap.data.image_io.read_image``: EXIF rotation applied, every pixel mode converted), resizes
 them with ``resize_longest_side`` to ``image_size``, builds the model's ``batched_inputs``, runs the
 model in batches and returns one :class:`Prediction` per image.
@@ -61,7 +61,7 @@ class Prediction:
     caption_tokens    int64 (N, T)       token ids (0-padded), or None
     region_codes      float32 (N, D)     the recognition network's region codes, or None
     given_boxes       bool               True when ``boxes`` are the caller's boxes (RPN skipped)
-    image_caption     str or None        whole-image caption (image-caption head; hook for issue 6)
+    image_caption     str or None        whole-image caption (from an image-caption head)
     image_caption_logprob  float or None
     image_captions    list of (str, float) or None: top-N whole-image captions
     """
@@ -262,7 +262,7 @@ class DenseCapPredictor:
         (None = keep the config's value).
         """
         from densecap.config import load_config
-        from densecap.engine.checkpoint import build_model_from_checkpoint
+        from densecap.modeling.checkpoint import build_model_from_checkpoint
 
         device = options.get("device")
         if device is not None:

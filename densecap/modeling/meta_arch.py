@@ -144,7 +144,7 @@ class DenseCapModel(nn.Module):
         caption_head = build_caption_decoder(cfg, vocab, roi_heads.recognition.out_dim)
         embedding_head = None
         if cfg.MODEL.EMBEDDING.ENABLED:
-            from densecap.retrieval.embedding import build_embedding_head
+            from .embedding import build_embedding_head
 
             embedding_head = build_embedding_head(cfg, vocab, roi_heads.recognition.out_dim)
         ic = cfg.MODEL.IMAGE_CAPTION

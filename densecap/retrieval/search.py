@@ -90,7 +90,7 @@ class RetrievalModel:
 
     ``model`` honours the contract of ``densecap.modeling`` (``model.vocab``,
     ``model.caption_head.score``, eval outputs with ``region_codes``); ``model.embedding_head``
-    (an :class:`~densecap.retrieval.embedding.EmbeddingHead`) is used when present and not None.
+    (an :class:`~densecap.modeling.embedding.EmbeddingHead`) is used when present and not None.
     """
 
     def __init__(
@@ -129,7 +129,7 @@ class RetrievalModel:
         known: Optional[Dict[str, Any]] = None,
         **predictor_options: Any,
     ) -> "RetrievalModel":
-        """Load a checkpoint with the inference engineer's predictor (its config + ``config_file``
+        """Load a checkpoint with :class:`~densecap.inference.predictor.DenseCapPredictor` (its config + ``config_file``
         + ``opts`` + predictor options such as ``image_size``, ``device``)."""
         from densecap.inference.predictor import DenseCapPredictor
 
@@ -321,9 +321,9 @@ class RetrievalModel:
 def _attach_embedding_head(model: torch.nn.Module, weights: str, cfg) -> None:
     """A checkpoint may hold ``embedding_head.*`` weights that the built model has no module for
     (a model class without the optional head): build the head from them and attach it."""
-    from densecap.engine.checkpoint import load_checkpoint
+    from densecap.modeling.checkpoint import load_checkpoint
 
-    from .embedding import build_embedding_head
+    from densecap.modeling.embedding import build_embedding_head
 
     state = load_checkpoint(weights)["model"]
     head_state = {k[len("embedding_head."):]: v for k, v in state.items() if k.startswith("embedding_head.")}
