@@ -61,10 +61,10 @@ def add_arguments(parser) -> None:
 
 
 def _vocab(n: int):
-    from densecap.data.tokenizer import Vocabulary
+    from densecap.data.tokenizer import NUM_SPECIAL, Vocabulary
 
     words = sorted({w for q in QUERIES for w in q.split()})
-    words += [f"w{i}" for i in range(max(0, n - 4 - len(words)))]
+    words += [f"w{i}" for i in range(max(0, n - NUM_SPECIAL - len(words)))]
     return Vocabulary(words)
 
 

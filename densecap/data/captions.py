@@ -197,7 +197,7 @@ def build_caption_vocab(records: Sequence[Dict], min_count: int) -> Vocabulary:
         for toks in r["captions"]:
             counts.update(toks)
     vocab = Vocabulary.build(counts, int(min_count))
-    logger.info("caption vocabulary: %d words seen >= %d times (of %d distinct)", len(vocab) - 4, min_count, len(counts))
+    logger.info("caption vocabulary: %d words seen >= %d times (of %d distinct)", len(vocab.words), min_count, len(counts))
     return vocab
 
 

@@ -15,6 +15,7 @@ from densecap.data.dataset import DenseCapDataset
 from densecap.data.loader import InfiniteLoader
 from densecap.data.prepared import load_vocab
 from densecap.data.tokenizer import Vocabulary
+from densecap.modeling.capabilities import REGIONS, capabilities_from_config
 from densecap.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ def load_train_vocab(cfg) -> Vocabulary:
     image-caption head (MODEL.IMAGE_CAPTION.ENABLED) followed by the new words of the training
     images' whole-image captions seen at least MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT times (appended,
     so the prepared region captions keep their word ids)."""
-    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
-        import densecap.modeling.image_captioner  # noqa: F401  (registers the meta-architecture)
+    if REGIONS not in capabilities_from_config(cfg):  # a whole-image captioner (densecap/data/captions.py)
         from densecap.data.captions import load_caption_train_vocab
 
         return load_caption_train_vocab(cfg)
@@ -66,11 +66,11 @@ def load_train_vocab(cfg) -> Vocabulary:
             for i in range(len(ds)):
                 for toks in ds.image_caption_tokens(i):
                     counts.update(toks)
-        new = [w for w in Vocabulary.build(counts, cfg.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT).idx_to_token[4:] if w not in vocab]
+        new = [w for w in Vocabulary.build(counts, cfg.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT).words if w not in vocab]
         if new:
             logger.info("vocabulary: %d region words + %d new words of the whole-image captions (e.g. %s)",
-                        len(vocab) - 4, len(new), ", ".join(new[:8]))
-            vocab = Vocabulary(vocab.idx_to_token[4:] + new)
+                        len(vocab.words), len(new), ", ".join(new[:8]))
+            vocab = Vocabulary(vocab.words + new)
     return vocab
 
 
@@ -90,7 +90,7 @@ def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_imag
 
 
 def build_train_loader(cfg, vocab: Vocabulary) -> InfiniteLoader:
-    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
+    if REGIONS not in capabilities_from_config(cfg):  # a whole-image captioner (densecap/data/captions.py)
         from densecap.data.captions import build_caption_train_loader
 
         return build_caption_train_loader(cfg, vocab)

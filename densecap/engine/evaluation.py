@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from densecap.data.dataset import collate
 from densecap.data.tokenizer import Vocabulary
+from densecap.modeling.capabilities import IMAGE_CAPTION, REGIONS, capabilities
 from densecap.utils import comm
 
 from .build import build_dataset
@@ -25,7 +26,10 @@ logger = logging.getLogger(__name__)
 def evaluate_model(cfg, model: torch.nn.Module, vocab: Vocabulary) -> Optional[dict]:
     if not cfg.DATASETS.TEST:
         return None
-    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions: BLEU/METEOR/ROUGE-L/CIDEr
+    caps = capabilities(model)
+    if not caps:
+        raise TypeError(f"{type(model).__name__} declares no capabilities (see densecap.modeling.capabilities)")
+    if REGIONS not in caps:  # a whole-image captioner: BLEU/METEOR/ROUGE-L/CIDEr
         return evaluate_image_captioner(cfg, model, vocab)
     return evaluate_dense(cfg, model, vocab)
 
@@ -38,6 +42,8 @@ def run_inference(cfg, model: torch.nn.Module, dataset, evaluators, desc: str = 
     ``reference_attention``: also add to each output, as ``reference_attention``, the attention the
     model's whole-image caption head uses to read the image's reference captions
     (``model.image_caption_attention``; for :class:`ReferenceAttentionGrounding`)."""
+    for ev in evaluators:
+        ev.reset()
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
     loader = DataLoader(
@@ -75,7 +81,7 @@ def evaluate_dense(cfg, model: torch.nn.Module, vocab: Vocabulary) -> dict:
     accuracy = RegionCaptionAccuracy(dataset=dataset)
     evaluators = [evaluator, accuracy]
     image_captions = None  # the whole-image captions of a joint model (MODEL.IMAGE_CAPTION.ENABLED)
-    if getattr(getattr(model, "module", model), "image_caption_head", None) is not None and dataset.num_images_with_captions():
+    if IMAGE_CAPTION in capabilities(model) and dataset.num_images_with_captions():
         from densecap.evaluation.attention_grounding import AttentionGrounding, ReferenceAttentionGrounding
         from densecap.evaluation.image_caption_eval import ImageCaptionEvaluator
         from densecap.evaluation.image_caption_eval import report as report_image_captions

@@ -37,12 +37,17 @@ from densecap.data.grounding import cell_centres_in_boxes, grounded_words
 from densecap.data.tokenizer import UNK, Vocabulary
 from densecap.utils import comm
 
+from .evaluator import DatasetEvaluator
+
 __all__ = ["AttentionGrounding", "ReferenceAttentionGrounding"]
 
 
-class AttentionGrounding:
+class AttentionGrounding(DatasetEvaluator):
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
+        self.reset()
+
+    def reset(self) -> None:
         self.rows: List[Dict] = []  # one per grounded word
 
     def process(self, inputs, outputs) -> None:

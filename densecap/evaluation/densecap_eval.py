@@ -63,6 +63,8 @@ import numpy as np
 
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 
+from .evaluator import DatasetEvaluator
+
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLDS: Tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -517,7 +519,7 @@ def _dist():
     return None
 
 
-class DenseCapEvaluator:
+class DenseCapEvaluator(DatasetEvaluator):
     """Accumulates model outputs image by image and computes the DenseCap mAP.
 
     Usage (detectron2 style)::

@@ -16,12 +16,14 @@ from typing import Dict, List
 
 from densecap.utils import comm
 
+from .evaluator import DatasetEvaluator
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageCaptionEvaluator", "report"]
 
 
-class ImageCaptionEvaluator:
+class ImageCaptionEvaluator(DatasetEvaluator):
     """Collects (image, generated caption, references) pairs; ``evaluate()`` gathers over ranks.
 
     The references are each input's ``refs_key`` list: ``gt_captions`` for the caption datasets,
@@ -30,8 +32,11 @@ class ImageCaptionEvaluator:
     """
 
     def __init__(self, refs_key: str = "gt_captions") -> None:
-        self.rows: List[Dict] = []
         self.refs_key = refs_key
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: List[Dict] = []
 
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):

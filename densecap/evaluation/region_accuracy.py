@@ -25,11 +25,13 @@ from densecap.data.shape_words import attribute_words
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 from densecap.utils import comm
 
+from .evaluator import DatasetEvaluator
+
 def attribute_sequence(caption: str, words: Mapping[str, str]) -> List[str]:
     return [words[w] for w in caption.split() if w in words]
 
 
-class RegionCaptionAccuracy:
+class RegionCaptionAccuracy(DatasetEvaluator):
     def __init__(self, *, dataset, iou_threshold: float = 0.5) -> None:
         self.dataset = dataset
         self.iou_threshold = float(iou_threshold)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from densecap.data.image_io import ImageReadError, read_image, resize_longest_side
+from densecap.modeling.capabilities import IMAGE_CAPTION, capabilities
 from densecap.structures.boxes import clip_xyxy, xywh_to_xyxy, xyxy_to_xywh
 
 logger = logging.getLogger(__name__)
@@ -138,14 +139,8 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 
 def model_has_image_caption(model: torch.nn.Module) -> bool:
-    """Whether ``model`` captions whole images: a dense captioning model with an
-    ``image_caption_head``, a model that says so with ``has_image_caption = True``, or the
-    standalone ``ImageCaptioner`` architecture."""
-    return (
-        getattr(model, "image_caption_head", None) is not None
-        or bool(getattr(model, "has_image_caption", False))
-        or type(model).__name__ == "ImageCaptioner"
-    )
+    """Whether ``model`` captions whole images (its ``capabilities`` include ``image_caption``)."""
+    return IMAGE_CAPTION in capabilities(model)
 
 
 def apply_eval_options(model: torch.nn.Module, cfg) -> None:
