@@ -5,7 +5,7 @@ N: regions, D: region code size (8), T: caption tokens (2).
 ``FakeDenseCapModel()(batched_inputs)`` returns one ``{"instances": Instances(...)}`` per input,
 with ``pred_boxes`` [x, y, w, h] in ORIGINAL-image pixels sorted by score, ``scores`` in [0, 1],
 ``pred_captions``, ``pred_caption_tokens``, ``pred_caption_logprobs`` and ``region_codes``, exactly
-the fields of the contract in ``/work/notes/common.md``. Its "detections" are a fixed pyramid of
+the fields of the contract of :class:`densecap.modeling.meta_arch.DenseCapModel`. Its "detections" are a fixed pyramid of
 grid cells over the resized image (1 + 4 + 9 = 14 boxes); each region's caption names the colour
 of its mean pixel ("red region", "blue region", ...), its score grows with how saturated that mean
 is. So tests can check that boxes land on the right pixels: a box over a red patch of the ORIGINAL
@@ -49,6 +49,8 @@ class FakeDenseCapModel(torch.nn.Module):
         self._dummy = torch.nn.Parameter(torch.zeros(1))  # so .to()/.parameters() behave
         self.batch_sizes: List[int] = []
         self.seen_inputs: List[Dict] = []
+        # what it produces (densecap.modeling.capabilities)
+        self.capabilities = frozenset({"regions"} | ({"image_caption"} if with_image_caption else set()))
         if with_image_caption:
             self.image_caption_head = torch.nn.Identity()
 

@@ -13,11 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def models(synthetic_root):
+def models(synthetic_root, tiny_model_cfg):
     torch.manual_seed(0)
     prepared = os.path.join(synthetic_root, "prepared")
     ds = DenseCapDataset(prepared, "test", max_size=128)
-    dense = build_model(load_config(os.path.join(ROOT, "configs/synthetic/densecap_tiny.yaml")), ds.vocab).eval()
+    dense = build_model(tiny_model_cfg(), ds.vocab).eval()
     cap_cfg = load_config(
         os.path.join(ROOT, "configs/synthetic/image_caption_sat_soft.yaml"),
         ["MODEL.BACKBONE.WIDTH", "8", "MODEL.IMAGE_CAPTION.EMBED_SIZE", "8", "MODEL.IMAGE_CAPTION.HIDDEN_SIZE", "8",
@@ -58,7 +58,7 @@ def test_options_reach_the_dense_model_and_given_boxes_pass_through(models):
         both.train()([x])
 
 
-def test_infer_cli_combines_a_dense_checkpoint_with_a_captioner_checkpoint(models, synthetic_root, tmp_path):
+def test_infer_cli_combines_a_dense_checkpoint_with_a_captioner_checkpoint(models, synthetic_root, tmp_path, tiny_model_cfg):
     import json
 
     from densecap.config import get_cfg  # noqa: F401
@@ -67,7 +67,7 @@ def test_infer_cli_combines_a_dense_checkpoint_with_a_captioner_checkpoint(model
 
     ds, dense, captioner = models
     dense_ckpt, cap_ckpt = str(tmp_path / "dense.pth"), str(tmp_path / "cap.pth")
-    save_checkpoint(dense_ckpt, model=dense, cfg=load_config(os.path.join(ROOT, "configs/synthetic/densecap_tiny.yaml")),
+    save_checkpoint(dense_ckpt, model=dense, cfg=tiny_model_cfg(),
                     vocab=ds.vocab, iteration=0)
     cap_cfg = load_config(
         os.path.join(ROOT, "configs/synthetic/image_caption_sat_soft.yaml"),

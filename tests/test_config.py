@@ -45,10 +45,33 @@ def test_odd_override_list_is_an_error():
         load_config(None, ["SOLVER.BASE_LR"])
 
 
-@pytest.mark.parametrize(
-    "name", sorted(os.path.relpath(os.path.join(d, f), ROOT)
+# what each shipped config builds: (META_ARCHITECTURE, backbone, whole-image caption head or None,
+# joint embedding head)
+SHIPPED = {
+    "configs/Base-DenseCap.yaml": ("DenseCap", "vgg16", None, False),
+    "configs/densecap_R50_FPN_vg.yaml": ("DenseCap", "resnet50_fpn", None, False),
+    "configs/densecap_R50_FPN_vg_joint.yaml": ("DenseCap", "resnet50_fpn", "sat_soft", False),
+    "configs/densecap_vgg16_vg.yaml": ("DenseCap", "vgg16", None, False),
+    "configs/image_caption_R50_sat_coco.yaml": ("ImageCaptioner", "resnet50_c4", "sat_soft", False),
+    "configs/synthetic/densecap_small.yaml": ("DenseCap", "small_cnn", None, True),
+    "configs/synthetic/densecap_small_joint.yaml": ("DenseCap", "small_cnn", "sat_soft", True),
+    "configs/synthetic/densecap_tiny.yaml": ("DenseCap", "small_cnn", None, False),
+    "configs/synthetic/embedding_small.yaml": ("DenseCap", "small_cnn", "sat_soft", True),
+    "configs/synthetic/image_caption_nic.yaml": ("ImageCaptioner", "small_cnn", "nic", False),
+    "configs/synthetic/image_caption_sat_hard.yaml": ("ImageCaptioner", "small_cnn", "sat_hard", False),
+    "configs/synthetic/image_caption_sat_soft.yaml": ("ImageCaptioner", "small_cnn", "sat_soft", False),
+}
+
+
+def test_every_shipped_config_is_listed():
+    found = sorted(os.path.relpath(os.path.join(d, f), ROOT)
                    for d, _, fs in os.walk(os.path.join(ROOT, "configs")) for f in fs if f.endswith(".yaml"))
-)
+    assert found == sorted(SHIPPED)  # a new config needs its line in SHIPPED
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_every_shipped_config_loads(name):
     cfg = load_config(os.path.join(ROOT, name))
-    assert cfg.MODEL.BACKBONE.NAME
+    ic = cfg.MODEL.IMAGE_CAPTION
+    head = ic.HEAD if (ic.ENABLED or cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner") else None
+    assert (cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.BACKBONE.NAME, head, cfg.MODEL.EMBEDDING.ENABLED) == SHIPPED[name]

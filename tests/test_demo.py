@@ -4,10 +4,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
+from densecap.evaluation.densecap_eval import IOU_THRESHOLDS, METEOR_THRESHOLDS, ap_key
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_pipeline_toy_scale(tmp_path):
+@pytest.mark.slow
+def test_demo_pipeline_toy_scale(tmp_path, java):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "densecap.demo", "--output", str(out), "--num-images", "20",
            "--config-file", os.path.join(ROOT, "configs", "synthetic", "densecap_tiny.yaml"),
@@ -21,10 +27,13 @@ def test_demo_pipeline_toy_scale(tmp_path):
                 "retrieval/exact.json"):
         assert (out / rel).exists(), rel
     ev = json.loads((out / "eval.json").read_text())
-    assert ev["dataset"].endswith(":test") and 0 <= ev["map"] <= 100
+    test_ids = json.loads((out / "data" / "densecap_splits.json").read_text())["test"]
+    # the whole test split (TEST.MAX_IMAGES 0); mAP = the mean of the 30 APs with a METEOR threshold
+    assert ev["dataset"].endswith(":test") and ev["num_images"] == len(test_ids)
+    lang = [ev["ap"][ap_key(i, m)] for i in IOU_THRESHOLDS for m in METEOR_THRESHOLDS if m >= 0]
+    assert len(lang) == 30 and ev["map"] == pytest.approx(float(np.mean(lang)))
     assert {"cider", "bleu4", "attention_grounding"} <= set(ev["image_caption"])  # the joint whole-image head
     res = json.loads((out / "infer" / "results.json").read_text())
-    test_ids = json.loads((out / "data" / "densecap_splits.json").read_text())["test"]
     assert sorted(r["image_id"] for r in res["results"]) == sorted(test_ids) and not res["errors"]
     assert len(os.listdir(out / "infer" / "vis")) == len(test_ids)
     assert all(isinstance(r["image_caption"], str) for r in res["results"])

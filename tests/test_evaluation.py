@@ -513,28 +513,14 @@ def test_dead_jvm_gives_a_clear_error(tmp_path):
         m.score("a cat", ["a cat on a mat"])
 
 
-def _has_java():
-    try:
-        find_java()
-        return True
-    except JavaNotFoundError:
-        return False
-
-
-needs_java = pytest.mark.skipif(not _has_java(), reason="METEOR needs Java: apt-get install default-jre-headless")
-
-
 @pytest.fixture(scope="module")
-def meteor():
-    if not _has_java():
-        print("skipping real-METEOR tests: no Java runtime (apt-get install default-jre-headless)")
-        pytest.skip("no Java runtime (apt-get install default-jre-headless)")
-    m = MeteorScorer()
+def meteor(java):
+    m = MeteorScorer(java=java)
     yield m
     m.close()
 
 
-@needs_java
+@pytest.mark.slow
 def test_real_meteor_small_case(meteor):
     pairs = [
         ("a man on a horse", ["a man riding a horse", "a dog on grass"]),
@@ -567,7 +553,7 @@ def test_real_meteor_small_case(meteor):
     assert res["detmap"] == pytest.approx(100.0) and 50 <= res["map"] < 100
 
 
-@needs_java
+@pytest.mark.slow
 def test_caption_metrics_equal_pycocoevalcap(meteor):
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -640,7 +626,7 @@ def _import_cli():
     return cli
 
 
-@needs_java
+@pytest.mark.slow
 def test_cli_dense_end_to_end(tmp_path, monkeypatch, capsys, meteor):
     """tools/evaluate.py main() with real METEOR (the module's JVM, to keep the test fast)."""
     import densecap.evaluation.meteor as meteor_mod
@@ -680,6 +666,7 @@ def test_cli_dense_end_to_end(tmp_path, monkeypatch, capsys, meteor):
     assert m2["map"] == pytest.approx(67.0)  # 2 of 3 GT found with the right words, at ranks 1-2
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_script():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate.py"), "--help"],
                        capture_output=True, text=True, timeout=120)
@@ -722,7 +709,7 @@ def test_cli_dense_quirk_switch_and_errors(tmp_path, monkeypatch, capsys):
     assert "image ids must match" in capsys.readouterr().err
 
 
-@needs_java
+@pytest.mark.slow
 def test_cli_caption_end_to_end(tmp_path, monkeypatch, meteor):
     cli = _import_cli()
     from densecap.evaluation.caption_eval import caption_metrics
@@ -788,3 +775,26 @@ def test_reading_helpers(tmp_path):
                                                      {"img_name": "1.jpg", "boxes": [], "scores": [], "captions": []}]})
     with pytest.raises(ValueError, match="image 1 appears more than once"):
         read_dense_predictions(dup)
+
+
+def test_every_evaluator_follows_the_one_protocol():
+    """reset / process(inputs, outputs) / evaluate (detectron2's DatasetEvaluator); reset forgets."""
+    from densecap.evaluation import DatasetEvaluator, DatasetEvaluators
+    from densecap.evaluation.attention_grounding import AttentionGrounding, ReferenceAttentionGrounding
+    from densecap.evaluation.image_caption_eval import ImageCaptionEvaluator
+    from densecap.evaluation.region_accuracy import RegionCaptionAccuracy
+
+    for cls in (DenseCapEvaluator, RegionCaptionAccuracy, ImageCaptionEvaluator, AttentionGrounding, ReferenceAttentionGrounding):
+        assert issubclass(cls, DatasetEvaluator), cls
+        for method in ("reset", "process", "evaluate"):
+            assert getattr(cls, method) is not getattr(DatasetEvaluator, method), (cls, method)
+    ev = ImageCaptionEvaluator()
+    ev.process([{"gt_captions": ["a red circle"], "image_id": 1}], [{"image_caption": "a red circle", "image_caption_logprob": -1.0}])
+    assert len(ev.rows) == 1
+    both = DatasetEvaluators({"captions": ev, "grounding": AttentionGrounding(Vocabulary(["a"]))})
+    both.reset()
+    assert ev.rows == []
+    with pytest.raises(ValueError, match="no image was captioned"):
+        both.evaluate()
+    assert DatasetEvaluators({"grounding": both.evaluators["grounding"]}).evaluate() == {"grounding": {"num_words": 0}}
+

@@ -130,7 +130,8 @@ def test_train_only_the_head_on_a_frozen_model(tiny_cfg):
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.image_caption_head.parameters())
 
 
-def test_joint_training_evaluation_and_infer(tiny_cfg, tmp_path):
+@pytest.mark.slow
+def test_joint_training_evaluation_and_infer(tiny_cfg, tmp_path, java):
     """Trainer: losses in metrics.jsonl, eval.json's image_caption metrics; infer on the checkpoint."""
     from densecap.engine.checkpoint import build_model_from_checkpoint
     from densecap.engine.trainer import Trainer
@@ -145,7 +146,7 @@ def test_joint_training_evaluation_and_infer(tiny_cfg, tmp_path):
     assert ic["num_images"] == 3 and {"bleu1", "bleu4", "meteor", "rougeL", "cider"} <= set(ic)
     assert "num_words" in ic["attention_grounding"]
     refs = ic["attention_grounding_references"]  # the attention over the reference captions
-    assert refs["num_words"] > 0 and 0.0 <= refs["mass"] <= 1.0 and 0.0 < refs["share"] < 1.0
+    assert refs["num_words"] > 0 and refs["ratio"] == pytest.approx(refs["mass"] / refs["share"], abs=2e-3)  # mass, share rounded
     preds = json.load(open(os.path.join(cfg.OUTPUT_DIR, "image_caption_predictions.json")))
     assert len(preds) == 3 and {"image_id", "caption", "logprob"} <= set(preds[0])
     lines = [json.loads(x) for x in open(os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl"))]
@@ -260,6 +261,29 @@ def test_attention_grounding_known_values():
                [{"image_caption": "red", "attention": att[1:2], "attention_cell": (8.0, 8.0)}])
     assert g2.evaluate()["share"] == pytest.approx(0.5)
 
+
+
+def test_reference_attention_grounding_scores_the_outputs_it_is_given():
+    """The reference-caption grounding reads ``reference_attention`` from the outputs (it runs no
+    model): a map all on the named region gives mass 1; words beyond each caption are ignored."""
+    from densecap.data.tokenizer import Vocabulary
+    from densecap.evaluation.attention_grounding import ReferenceAttentionGrounding
+    from densecap.structures import Instances
+
+    vocab = Vocabulary(["a", "red", "circle", "blue", "square"])
+    ids = vocab.token_to_idx
+    inst = Instances((16, 16), gt_boxes=torch.tensor([[0.0, 0.0, 8.0, 8.0], [8.0, 8.0, 16.0, 16.0]]),
+                     gt_captions=torch.tensor([[ids["a"], ids["red"], ids["circle"]], [ids["a"], ids["blue"], ids["square"]]]))
+    att = torch.zeros(2, 4, 2, 2)  # K=2 reference captions, T=4 steps
+    att[0, 1, 0, 0] = 1.0  # "red" on the red circle's cell
+    att[0, 2, 1, 1] = 1.0  # "circle" on the blue square's cell: mass 0
+    att[1, 1, 1, 1] = 1.0  # "blue" on the blue square
+    att[1, 2] = 1.0  # a step after the 2-word caption "a blue": ignored
+    ref = {"captions": ["a red circle", "a blue"], "attention": att, "attention_cell": (8.0, 8.0)}
+    g = ReferenceAttentionGrounding(vocab)
+    g.process([{"image": torch.zeros(3, 16, 16), "instances": inst}] * 2, [{"reference_attention": ref}, {"reference_attention": None}])
+    r = g.evaluate()
+    assert r["num_words"] == 3 and r["mass"] == round(2 / 3, 4) and r["share"] == 0.25
 
 def test_word_region_masks_and_supervision_loss():
     from densecap.data.tokenizer import Vocabulary

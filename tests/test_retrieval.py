@@ -1,4 +1,4 @@
-"""Region retrieval (issue 7): ranking loss, embedding head, index safety, search, eval metrics,
+"""Region retrieval: ranking loss, embedding head, index safety, search, eval metrics,
 clustering, CLI. Uses a tiny random real DenseCap model (small_cnn) and a bag-of-words fake that
 honours the model contract where exact values must be known."""
 from __future__ import annotations
@@ -163,6 +163,8 @@ class BowEmbed(nn.Module):
 
 
 class FakeModel(nn.Module):
+    capabilities = frozenset({"regions", "region_embeddings"})
+
     def __init__(self, vocab):
         super().__init__()
         self.vocab = vocab
@@ -388,6 +390,7 @@ def test_crash_inside_shard_write(tmp_path, monkeypatch):
     assert RegionIndex.open(root).num_images == 2
 
 
+@pytest.mark.slow
 def test_sigkill_during_writes_leaves_valid_index(tmp_path):
     root = str(tmp_path / "idx")
     script = textwrap.dedent(f"""
@@ -446,10 +449,7 @@ def tiny(tmp_path_factory):
     vocab = Vocabulary(WORDS)
     torch.manual_seed(0)
     model = build_model(cfg, vocab).eval()
-    if getattr(model, "embedding_head", None) is None:  # until the lead wires it into the model
-        from densecap.retrieval import build_embedding_head
-
-        model.embedding_head = build_embedding_head(cfg, vocab, 32)
+    assert model.embedding_head is not None  # MODEL.EMBEDDING.ENABLED builds the head
     ck = str(d / "model.pth")
     save_checkpoint(ck, model=model, cfg=cfg, vocab=vocab, iteration=0)
     rng = np.random.default_rng(0)

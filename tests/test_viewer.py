@@ -3,7 +3,8 @@ boxes and captions render where they belong, keys and hover work, nothing in a c
 name is interpreted as HTML, and a screenshot of it is a real picture.
 
 Chromium is installed by ``densecap.utils.browser.ensure_chromium()`` when missing (as root, with
-apt-get); the test is skipped, with the reason printed, only when that is impossible.
+apt-get); the test is skipped, with the reason printed, only when that is impossible (the
+``chromium`` fixture of conftest.py).
 """
 from __future__ import annotations
 
@@ -27,15 +28,6 @@ from densecap.utils.browser import HeadlessChromium, ensure_chromium  # noqa: E4
 EVIL = '</script><img src=x onerror="window.PWNED=1"> "q" \'s\' & <b>bold</b>'
 W, H = 1400, 860
 TOPK = 4
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    path, reason = ensure_chromium()
-    if path is None:
-        print(f"\nSKIPPED viewer browser test: {reason}", file=sys.stderr)
-        pytest.skip(f"no chromium: {reason}")
-    return path
 
 
 @pytest.fixture(scope="module")

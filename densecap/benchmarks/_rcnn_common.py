@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from densecap.data.tokenizer import Vocabulary
+from densecap.data.tokenizer import NUM_SPECIAL, Vocabulary
 from densecap.structures import Instances
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def peer_inputs(images: Sequence[np.ndarray], targets=None, seed: int = 0):
 
 
 def vocabulary(size: int) -> Vocabulary:
-    return Vocabulary([f"w{i}" for i in range(max(size - 4, 1))])
+    return Vocabulary([f"w{i}" for i in range(max(size - NUM_SPECIAL, 1))])
 
 
 # ---- models ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Both are written as a VG ``region_descriptions.json`` and a ``results.json``; th
 :func:`densecap.evaluation.evaluate_dense_files` = reading both files, tokenising the GT, merging,
 matching, real METEOR 1.5 (JVM start included) and the 35 APs — what ``tools/evaluate.py`` does.
 
-The peer is the target of the issue: at most 15 minutes on this 2-core machine, so
+The peer is the target: at most 15 minutes on a 2-core CPU machine, so
 ``ratio = seconds / 900`` (below 1 is within target).
 """
 from __future__ import annotations

@@ -61,16 +61,16 @@ def add_arguments(parser) -> None:
 
 
 def _vocab(n: int):
-    from densecap.data.tokenizer import Vocabulary
+    from densecap.data.tokenizer import NUM_SPECIAL, Vocabulary
 
     words = sorted({w for q in QUERIES for w in q.split()})
-    words += [f"w{i}" for i in range(max(0, n - 4 - len(words)))]
+    words += [f"w{i}" for i in range(max(0, n - NUM_SPECIAL - len(words)))]
     return Vocabulary(words)
 
 
 def _model(vocab, region_dim: int, hidden: int, embed_dim: int, seed: int):
     from densecap.modeling.language_model import LSTMCaptionDecoder
-    from densecap.retrieval.embedding import EmbeddingHead
+    from densecap.modeling.embedding import EmbeddingHead
 
     torch.manual_seed(seed)
     m = torch.nn.Module()
@@ -150,7 +150,7 @@ def _time_queries(root: str, rmodel, args) -> Dict:
 def run(args) -> Dict:
     from densecap.retrieval.search import RetrievalModel
 
-    if args.threads > 0:  # this benchmark process only (see /work/notes/perf_findings.md: 1 thread under load)
+    if args.threads > 0:  # this benchmark process only (one thread is fastest on a loaded machine)
         torch.set_num_threads(args.threads)
     tmp = None
     work = args.workdir

@@ -116,7 +116,8 @@ _C.MODEL.CAPTION.EMBED_SIZE = 512
 _C.MODEL.CAPTION.HIDDEN_SIZE = 512
 _C.MODEL.CAPTION.NUM_LAYERS = 1
 _C.MODEL.CAPTION.DROPOUT = 0.0
-# Longest caption in tokens (longer GT captions are dropped at preparation).
+# Longest caption in words (END not counted; longer GT captions are dropped at preparation); the
+# generated captions have at most this many words. MODEL.IMAGE_CAPTION.MAX_TOKENS means the same.
 _C.MODEL.CAPTION.MAX_TOKENS = 15
 _C.MODEL.CAPTION.LOSS_WEIGHT = 1.0
 # Optional GloVe/word2vec text file to initialise word embeddings from.
@@ -161,8 +162,8 @@ _C.MODEL.IMAGE_CAPTION.HARD_EXPECTATION_PROB = 0.5
 _C.MODEL.IMAGE_CAPTION.ATTENTION_SUPERVISION_WEIGHT = 0.0
 # Multiplier of all image-caption losses (joint training).
 _C.MODEL.IMAGE_CAPTION.LOSS_WEIGHT = 1.0
-# Caption length: training captions are truncated to MAX_TOKENS words; decoding runs at most
-# MAX_TOKENS steps (END included, so a finished caption has at most MAX_TOKENS - 1 words).
+# Caption length, as MODEL.CAPTION.MAX_TOKENS: training captions are truncated to MAX_TOKENS
+# words, and a generated caption has at most MAX_TOKENS words (then END, which is not counted).
 _C.MODEL.IMAGE_CAPTION.MAX_TOKENS = 20
 # Decoding: beam size (1 = greedy), length penalty alpha (score = logprob / len^alpha),
 # BLOCK_REPEATS: no trigram twice in a caption (no repeated-word loops), captions returned per image.
@@ -179,7 +180,7 @@ _C.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT = 4
 # Standalone captioner training: "sample" one of an image's K captions per step, or "all" K.
 _C.MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS = "sample"
 
-# Joint region-sentence embedding for region retrieval (densecap/retrieval/embedding.py; Karpathy
+# Joint region-sentence embedding for region retrieval (densecap/modeling/embedding.py; Karpathy
 # & Fei-Fei's alignment model): a bidirectional RNN over word embeddings for sentences, a linear
 # map of region codes, both L2-normalised; trained on the positives' (region code, GT caption)
 # pairs with the bidirectional max-margin ranking loss. Used by "tools/retrieve.py query --mode fast"

@@ -197,7 +197,7 @@ def build_caption_vocab(records: Sequence[Dict], min_count: int) -> Vocabulary:
         for toks in r["captions"]:
             counts.update(toks)
     vocab = Vocabulary.build(counts, int(min_count))
-    logger.info("caption vocabulary: %d words seen >= %d times (of %d distinct)", len(vocab) - 4, min_count, len(counts))
+    logger.info("caption vocabulary: %d words seen >= %d times (of %d distinct)", len(vocab.words), min_count, len(counts))
     return vocab
 
 
@@ -262,8 +262,9 @@ def load_caption_train_vocab(cfg) -> Vocabulary:
 
 def build_caption_train_loader(cfg, vocab: Vocabulary):
     """Endless shuffled batches (lists of item dicts) over DATASETS.TRAIN, as the trainer expects."""
-    from densecap.engine.build import InfiniteLoader
     from densecap.utils import comm
+
+    from .loader import InfiniteLoader
 
     datasets = [build_caption_dataset(cfg, n, vocab) for n in cfg.DATASETS.TRAIN]
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)

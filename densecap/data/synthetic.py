@@ -49,11 +49,11 @@ import numpy as np
 
 from densecap.utils.io import atomic_write_text
 
+from .shape_words import COLOR_NAMES, FILLS, SHAPES, SIZE_SYNONYMS, SIZE_WORDS
 from .tokenizer import tokenize
 
 logger = logging.getLogger(__name__)
 
-SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
 # RGB, saturated and far apart in hue; backgrounds never use them.
 COLORS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -63,10 +63,9 @@ COLORS: Dict[str, Tuple[int, int, int]] = {
     "purple": (145, 40, 195),
     "orange": (250, 130, 0),
 }
-COLOR_NAMES = tuple(COLORS)
+assert tuple(COLORS) == COLOR_NAMES
 SIZES = {"small": (28, 45), "large": (60, 100)}  # side of the shape's bounding square, pixels
-SIZE_SYNONYMS = {"small": "little", "large": "big"}
-FILLS = ("solid", "striped")
+assert tuple(SIZES) == SIZE_WORDS
 BACKGROUNDS = ("dark", "light", "noisy", "gradient", "cluttered")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 

@@ -39,6 +39,8 @@ END_TOKEN = "<END>"
 UNK_TOKEN = "<UNK>"
 SPECIAL_TOKENS = (PAD_TOKEN, START_TOKEN, END_TOKEN, UNK_TOKEN)
 PAD, START, END, UNK = 0, 1, 2, 3
+# the ids below NUM_SPECIAL are the special tokens; words start at NUM_SPECIAL
+NUM_SPECIAL = len(SPECIAL_TOKENS)
 
 
 def tokenize(phrase: str) -> List[str]:
@@ -60,7 +62,8 @@ def detokenize(tokens: Sequence[str]) -> str:
 
 
 class Vocabulary:
-    """Token <-> index mapping. Indices 0..3 are ``<PAD> <START> <END> <UNK>``."""
+    """Token <-> index mapping. Indices 0..3 are ``<PAD> <START> <END> <UNK>`` (the constants
+    ``PAD``, ``START``, ``END``, ``UNK``); the words start at ``NUM_SPECIAL``."""
 
     def __init__(self, words: Sequence[str]) -> None:
         words = [w for w in words if w not in SPECIAL_TOKENS]
@@ -71,6 +74,11 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.idx_to_token)
+
+    @property
+    def words(self) -> List[str]:
+        """The words, without the special tokens (``Vocabulary(v.words) == v``)."""
+        return self.idx_to_token[NUM_SPECIAL:]
 
     def __contains__(self, token: str) -> bool:
         return token in self.token_to_idx
@@ -131,7 +139,7 @@ class Vocabulary:
     def from_dict(cls, d: Dict) -> "Vocabulary":
         toks = d["idx_to_token"]
         if list(toks[: len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
-            raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}, got {toks[:4]}")
+            raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}, got {toks[:NUM_SPECIAL]}")
         return cls(toks[len(SPECIAL_TOKENS):])
 
     def save(self, path: str) -> None:

@@ -405,7 +405,7 @@ def prepare_regions(
     report["max_tokens"] = T
     report["min_token_count"] = int(min_token_count)
     n_train_tok = int(train_counts.sum())
-    unk_train = n_train_tok - sum(int(train_counts[word_ids[w]]) for w in vocab.idx_to_token[4:])
+    unk_train = n_train_tok - sum(int(train_counts[word_ids[w]]) for w in vocab.words)
     report["train_unk_token_fraction"] = round(unk_train / max(n_train_tok, 1), 6)
 
     # ---- write (atomically, everything parsed fine) ---------------------------------------------

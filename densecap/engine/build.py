@@ -5,15 +5,17 @@ import logging
 import math
 import os
 from collections import Counter
-from typing import Iterator, List
+from typing import List
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import ConcatDataset
 
 from densecap.data.catalog import DatasetCatalog
-from densecap.data.dataset import DenseCapDataset, collate
+from densecap.data.dataset import DenseCapDataset
+from densecap.data.loader import InfiniteLoader
 from densecap.data.prepared import load_vocab
 from densecap.data.tokenizer import Vocabulary
+from densecap.modeling.capabilities import REGIONS, capabilities_from_config
 from densecap.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,7 @@ def load_train_vocab(cfg) -> Vocabulary:
     image-caption head (MODEL.IMAGE_CAPTION.ENABLED) followed by the new words of the training
     images' whole-image captions seen at least MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT times (appended,
     so the prepared region captions keep their word ids)."""
-    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
-        import densecap.modeling.image_captioner  # noqa: F401  (registers the meta-architecture)
+    if REGIONS not in capabilities_from_config(cfg):  # a whole-image captioner (densecap/data/captions.py)
         from densecap.data.captions import load_caption_train_vocab
 
         return load_caption_train_vocab(cfg)
@@ -66,11 +67,11 @@ def load_train_vocab(cfg) -> Vocabulary:
             for i in range(len(ds)):
                 for toks in ds.image_caption_tokens(i):
                     counts.update(toks)
-        new = [w for w in Vocabulary.build(counts, cfg.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT).idx_to_token[4:] if w not in vocab]
+        new = [w for w in Vocabulary.build(counts, cfg.MODEL.IMAGE_CAPTION.VOCAB_MIN_COUNT).words if w not in vocab]
         if new:
             logger.info("vocabulary: %d region words + %d new words of the whole-image captions (e.g. %s)",
-                        len(vocab) - 4, len(new), ", ".join(new[:8]))
-            vocab = Vocabulary(vocab.idx_to_token[4:] + new)
+                        len(vocab.words), len(new), ", ".join(new[:8]))
+            vocab = Vocabulary(vocab.words + new)
     return vocab
 
 
@@ -89,8 +90,8 @@ def build_dataset(cfg, name: str, *, is_train: bool, vocab: Vocabulary, max_imag
     )
 
 
-def build_train_loader(cfg, vocab: Vocabulary) -> "InfiniteLoader":
-    if cfg.MODEL.META_ARCHITECTURE == "ImageCaptioner":  # whole-image captions (densecap/data/captions.py)
+def build_train_loader(cfg, vocab: Vocabulary) -> InfiniteLoader:
+    if REGIONS not in capabilities_from_config(cfg):  # a whole-image captioner (densecap/data/captions.py)
         from densecap.data.captions import build_caption_train_loader
 
         return build_caption_train_loader(cfg, vocab)
@@ -110,41 +111,6 @@ def build_train_loader(cfg, vocab: Vocabulary) -> "InfiniteLoader":
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         seed=cfg.SEED,
     )
-
-
-class InfiniteLoader:
-    """Endless batches; epoch ``e`` is shuffled with seed ``seed + e`` on every rank."""
-
-    def __init__(self, dataset, *, batch_size: int, num_workers: int, seed: int) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.epoch = 0
-
-    def _loader(self) -> DataLoader:
-        if comm.get_world_size() > 1:
-            sampler = DistributedSampler(self.dataset, shuffle=True, seed=self.seed, drop_last=True)
-            sampler.set_epoch(self.epoch)
-        else:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            sampler = RandomSampler(self.dataset, generator=g)
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            drop_last=True,
-            persistent_workers=False,
-        )
-
-    def __iter__(self) -> Iterator[List[dict]]:
-        while True:
-            for batch in self._loader():
-                yield batch
-            self.epoch += 1
 
 
 _FIXED_IN_FROZEN = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)

@@ -1,5 +1,8 @@
 """Self-describing checkpoints, written atomically and loadable with ``weights_only=True``.
 
+This module writes training checkpoints (and restores the RNG state); reading one and building
+its model is :mod:`densecap.modeling.checkpoint` (re-exported here).
+
 A checkpoint is a dict of plain types and tensors::
 
     model        state_dict of the (unwrapped) model
@@ -14,14 +17,19 @@ A checkpoint is a dict of plain types and tensors::
 from __future__ import annotations
 
 import logging
-import os
 import random
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 from densecap.data.tokenizer import Vocabulary
+from densecap.modeling.checkpoint import (  # noqa: F401  (loading lives with the models)
+    apply_num_threads,
+    build_model_from_checkpoint,
+    cfg_from_checkpoint,
+    load_checkpoint,
+)
 from densecap.utils.io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -84,67 +92,3 @@ def save_checkpoint(
         ckpt["scheduler"] = scheduler.state_dict()
     atomic_torch_save(ckpt, path)
     logger.info("saved checkpoint %s (iteration %d)", path, iteration)
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
-
-
-def _drop_unknown_keys(saved, defaults, prefix: str = "") -> None:
-    """Remove from ``saved`` (in place) the keys ``defaults`` no longer has, with a warning."""
-    for k in list(saved.keys()):
-        full = prefix + k
-        if k not in defaults:
-            logger.warning("checkpoint config key %s is not used by this version; ignored", full)
-            del saved[k]
-        elif isinstance(saved[k], dict) and isinstance(defaults[k], dict):
-            _drop_unknown_keys(saved[k], defaults[k], full + ".")
-
-
-def cfg_from_checkpoint(ckpt: Dict[str, Any]):
-    """The checkpoint's config on top of today's defaults; keys a later version removed are
-    dropped with a warning, so old checkpoints keep loading."""
-    from densecap.config import get_cfg
-
-    cfg = get_cfg()
-    if ckpt.get("cfg"):
-        saved = cfg.load_cfg(ckpt["cfg"])
-        _drop_unknown_keys(saved, cfg)
-        cfg.merge_from_other_cfg(saved)
-    return cfg
-
-
-def apply_num_threads(cfg) -> None:
-    """Set torch's intra-op thread count from ``cfg.NUM_THREADS`` (0 leaves torch's default)."""
-    if int(cfg.NUM_THREADS) > 0:
-        torch.set_num_threads(int(cfg.NUM_THREADS))
-
-
-def build_model_from_checkpoint(path: str, cfg=None, opts=None) -> Tuple[torch.nn.Module, Any]:
-    """Build the model a checkpoint describes and load its weights.
-
-    ``cfg`` (optional) overrides the checkpoint's config (e.g. test-time options); ``opts`` are
-    ``KEY VALUE`` overrides applied last. Applies the config's ``NUM_THREADS``. Returns
-    ``(model in eval mode, cfg)``.
-    """
-    from densecap.modeling import build_model
-
-    ckpt = load_checkpoint(path)
-    base = cfg_from_checkpoint(ckpt)
-    if cfg is not None:
-        base.merge_from_other_cfg(cfg)
-    if opts:
-        base.merge_from_list(list(opts))
-    vocab = Vocabulary.from_dict(ckpt["vocab"])
-    apply_num_threads(base)
-    model = build_model(base, vocab)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        logger.warning("%s: missing keys %s, unexpected keys %s", path, missing, unexpected)
-    model.eval()
-    return model, base

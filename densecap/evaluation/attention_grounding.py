@@ -20,7 +20,10 @@ Inputs per image (what ``DenseCapDataset`` yields and the joint model returns in
 
 :class:`ReferenceAttentionGrounding` measures the same on the attention the model uses to *read*
 each image's reference captions (teacher forcing), which does not depend on what beam search
-chooses to say (a model that answers "three shapes on a dark background" names no region).
+chooses to say (a model that answers "three shapes on a dark background" names no region). The
+model produces those maps (``model.image_caption_attention(inputs)``, added to each output as
+``reference_attention`` by ``densecap.engine.evaluation.run_inference``); the evaluators only score
+predictions and never run a model.
 """
 from __future__ import annotations
 
@@ -30,16 +33,21 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from densecap.data.grounding import cell_centres_in_boxes, grounded_words
 from densecap.data.tokenizer import UNK, Vocabulary
-from densecap.modeling.image_caption.attach import cell_centres_in_boxes, grounded_words
 from densecap.utils import comm
+
+from .evaluator import DatasetEvaluator
 
 __all__ = ["AttentionGrounding", "ReferenceAttentionGrounding"]
 
 
-class AttentionGrounding:
+class AttentionGrounding(DatasetEvaluator):
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
+        self.reset()
+
+    def reset(self) -> None:
         self.rows: List[Dict] = []  # one per grounded word
 
     def process(self, inputs, outputs) -> None:
@@ -99,14 +107,13 @@ class AttentionGrounding:
 
 class ReferenceAttentionGrounding(AttentionGrounding):
     """:class:`AttentionGrounding` of the attention over each image's reference captions, read by
-    the model with teacher forcing (``model.image_caption_attention(inputs)``)."""
-
-    def __init__(self, model, vocab: Vocabulary) -> None:
-        super().__init__(vocab)
-        self.model = getattr(model, "module", model)  # DDP-wrapped or not
+    the model with teacher forcing: ``outputs[i]["reference_attention"]`` is
+    ``{"captions": [str] * K, "attention": (K, T, h, w), "attention_cell": (cell_h, cell_w)}`` (what
+    ``model.image_caption_attention`` returns per image) or None."""
 
     def process(self, inputs, outputs) -> None:
-        for inp, ref in zip(inputs, self.model.image_caption_attention(inputs)):
+        for inp, out in zip(inputs, outputs):
+            ref = out.get("reference_attention")
             if ref is None:
                 continue
             for caption, att in zip(ref["captions"], ref["attention"]):

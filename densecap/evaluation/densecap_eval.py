@@ -6,7 +6,7 @@ K records (one per prediction) over all images.
 Boxes are ``[x, y, w, h]`` in ORIGINAL-image pixels at every interface of this module; IoU is the
 continuous IoU (the Lua code's "+1 pixel" convention is the same thing for its centre-size boxes).
 
-Protocol (``../shared/reference/densecap-original.md`` section 3):
+Protocol (as in ``eval/eval_utils.lua`` of the original release):
 
 1. Per image, GT boxes are merged (:func:`merge_gt_boxes`): repeatedly take the first box that
    overlaps (IoU >= 0.7) the most remaining boxes, group it with exactly those boxes (not
@@ -75,6 +75,7 @@ import numpy as np
 
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 
+from .evaluator import DatasetEvaluator
 from .torch_sort import argsort_descending
 
 logger = logging.getLogger(__name__)
@@ -683,7 +684,7 @@ def _dist():
     return None
 
 
-class DenseCapEvaluator:
+class DenseCapEvaluator(DatasetEvaluator):
     """Accumulates model outputs image by image and computes the DenseCap mAP.
 
     Usage (detectron2 style)::

@@ -12,7 +12,7 @@ matched pair:
   without a fill word and a prediction without one agree). Only pairs where the reference or
   the prediction has such a word count for that attribute.
 
-The attribute word lists are those of the synthetic dataset (``densecap.data.synthetic``); on
+The attribute word lists are those of the synthetic dataset (``densecap.data.shape_words``); on
 other data only ``exact`` is meaningful.
 """
 from __future__ import annotations
@@ -21,33 +21,17 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from densecap.data.shape_words import attribute_words
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 from densecap.utils import comm
 
-ATTRIBUTES: Dict[str, Dict[str, str]] = {}
-
-
-def _attribute_words() -> Dict[str, Dict[str, str]]:
-    if not ATTRIBUTES:
-        from densecap.data import synthetic as syn
-
-        sizes = {s: s for s in syn.SIZES}
-        sizes.update({v: k for k, v in syn.SIZE_SYNONYMS.items()})
-        ATTRIBUTES.update(
-            size=sizes,
-            colour={c: c for c in syn.COLOR_NAMES},
-            fill={f: f for f in syn.FILLS},
-            shape={s: s for s in syn.SHAPES},
-            relation={w: w for w in ("left", "right", "above", "below", "next")},
-        )
-    return ATTRIBUTES
-
+from .evaluator import DatasetEvaluator
 
 def attribute_sequence(caption: str, words: Mapping[str, str]) -> List[str]:
     return [words[w] for w in caption.split() if w in words]
 
 
-class RegionCaptionAccuracy:
+class RegionCaptionAccuracy(DatasetEvaluator):
     def __init__(self, *, dataset, iou_threshold: float = 0.5) -> None:
         self.dataset = dataset
         self.iou_threshold = float(iou_threshold)
@@ -100,7 +84,7 @@ class RegionCaptionAccuracy:
         out: Dict[str, float] = {"num_matched": len(pairs), "num_gt": num_gt}
         out["recall_iou"] = len(pairs) / num_gt if num_gt else 0.0
         out["exact"] = float(np.mean([c in refs for c, _, refs in pairs])) if pairs else 0.0
-        for name, words in _attribute_words().items():
+        for name, words in attribute_words().items():
             n_ok = n = 0
             for cap, ref, _ in pairs:
                 a, b = attribute_sequence(cap, words), attribute_sequence(ref, words)

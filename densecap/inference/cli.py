@@ -33,6 +33,7 @@ from .inputs import (
     video_frame_count,
     video_frame_name,
 )
+from .options import options_from_args
 from .predictor import DenseCapPredictor, ImageCaptionUnavailable, Prediction, as_given_boxes
 from .results import ResultsWriter, image_id_from_name, prediction_record
 
@@ -352,13 +353,7 @@ def _build_predictor(args) -> DenseCapPredictor:
         image_caption=args.image_caption,
         batch_size=args.batch_size,
         caption_weights=args.caption_weights or None,
-        image_size=args.image_size,
-        rpn_nms=args.rpn_nms,
-        final_nms=args.final_nms,
-        num_proposals=args.num_proposals,
-        beam_size=args.beam_size,
-        score_thresh=args.score_thresh,
-        device=args.device,
+        **options_from_args(args),  # --image-size, --rpn-nms, --final-nms, --num-proposals, --beam-size, ...
     )
 
 

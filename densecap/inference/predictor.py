@@ -3,7 +3,7 @@
 N: regions of one image, D: region code size, T: caption tokens, M: given boxes.
 
 The predictor wraps a model that honours the eval contract of ``densecap.modeling`` (see
-``/work/notes/common.md`` or ``densecap/modeling``): it reads images with the project's one loader
+:class:`densecap.modeling.meta_arch.DenseCapModel`): it reads images with the project's one loader
 (``densecap.data.image_io.read_image``: EXIF rotation applied, every pixel mode converted), resizes
 them with ``resize_longest_side`` to ``image_size``, builds the model's ``batched_inputs``, runs the
 model in batches and returns one :class:`Prediction` per image.
@@ -37,7 +37,10 @@ import numpy as np
 import torch
 
 from densecap.data.image_io import ImageReadError, read_image, resize_longest_side
+from densecap.modeling.capabilities import IMAGE_CAPTION, capabilities
 from densecap.structures.boxes import clip_xyxy, xywh_to_xyxy, xyxy_to_xywh
+
+from .options import CONFIG_KEYS, InferenceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class Prediction:
     caption_tokens    int64 (N, T)       token ids (0-padded), or None
     region_codes      float32 (N, D)     the recognition network's region codes, or None
     given_boxes       bool               True when ``boxes`` are the caller's boxes (RPN skipped)
-    image_caption     str or None        whole-image caption (image-caption head; hook for issue 6)
+    image_caption     str or None        whole-image caption (from an image-caption head)
     image_caption_logprob  float or None
     image_captions    list of (str, float) or None: top-N whole-image captions
     """
@@ -87,47 +90,24 @@ class Prediction:
 # ------------------------------------------------------------------------------------------
 # test-time options
 # ------------------------------------------------------------------------------------------
-# predictor option -> config key (the model reads these keys when it is built)
-OPTION_KEYS = {
-    "image_size": "INPUT.MAX_SIZE",
-    "rpn_nms": "MODEL.RPN.NMS_THRESH",
-    "final_nms": "MODEL.ROI.NMS_THRESH_TEST",
-    "num_proposals": "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "beam_size": "TEST.BEAM_SIZE",
-    "score_thresh": "TEST.SCORE_THRESH",
-    "max_detections": "TEST.DETECTIONS_PER_IMAGE",
-    "device": "MODEL.DEVICE",
-}
+# predictor option -> config key (the model reads these keys when it is built): the fields of
+# InferenceOptions (densecap/inference/options.py), the one definition of the test-time options
+OPTION_KEYS = CONFIG_KEYS
 
 
 def options_to_opts(**options: Any) -> List[Any]:
-    """``KEY VALUE`` config overrides for the options that are not None."""
+    """``KEY VALUE`` config overrides for the options that are not None, each validated by
+    :class:`InferenceOptions` (a bad value is an error naming the option)."""
     unknown = set(options) - set(OPTION_KEYS)
     if unknown:
         raise TypeError(f"unknown predictor option(s): {sorted(unknown)}")
-    _validate_options(options)
+    given = {k: v for k, v in options.items() if v is not None}
+    checked = InferenceOptions().override(**given)
     opts: List[Any] = []
     for name, key in OPTION_KEYS.items():
-        v = options.get(name)
-        if v is not None:
-            opts += [key, v]
+        if name in given:
+            opts += [key, getattr(checked, name)]
     return opts
-
-
-def _validate_options(o: Dict[str, Any]) -> None:
-    def check(name, ok, what):
-        v = o.get(name)
-        if v is not None and not ok(v):
-            raise ValueError(f"{name} must be {what}, got {v!r}")
-
-    check("image_size", lambda v: int(v) >= 16, "an integer >= 16")
-    check("rpn_nms", lambda v: 0 < float(v) <= 1, "in (0, 1]")
-    check("final_nms", lambda v: 0 < float(v) <= 1, "in (0, 1]")
-    check("num_proposals", lambda v: int(v) >= 1, "an integer >= 1")
-    check("beam_size", lambda v: int(v) >= 1, "an integer >= 1")
-    check("score_thresh", lambda v: 0 <= float(v) <= 1, "in [0, 1]")
-    check("max_detections", lambda v: int(v) >= 0, "an integer >= 0")
-    check("device", lambda v: str(v).split(":")[0] in ("cpu", "cuda"), "cpu or cuda")
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -138,37 +118,13 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 
 def model_has_image_caption(model: torch.nn.Module) -> bool:
-    """Whether ``model`` captions whole images: a dense captioning model with an
-    ``image_caption_head``, a model that says so with ``has_image_caption = True``, or the
-    standalone ``ImageCaptioner`` architecture."""
-    return (
-        getattr(model, "image_caption_head", None) is not None
-        or bool(getattr(model, "has_image_caption", False))
-        or type(model).__name__ == "ImageCaptioner"
-    )
+    """Whether ``model`` captions whole images (its ``capabilities`` include ``image_caption``)."""
+    return IMAGE_CAPTION in capabilities(model)
 
 
 def apply_eval_options(model: torch.nn.Module, cfg) -> None:
-    """Push the test-time config values onto a built model, through the attributes the model
-    documents for this (``model.beam_size``, ``model.rpn.nms_thresh / pre_nms_topk /
-    post_nms_topk``, ``model.roi_heads.nms_thresh / score_thresh / detections_per_image``).
-    The model also reads them from the config at build time; attributes it lacks are skipped."""
-
-    def setattr_if(obj, name, value):
-        if obj is not None and hasattr(obj, name):
-            setattr(obj, name, value)
-
-    setattr_if(model, "beam_size", int(cfg.TEST.BEAM_SIZE))
-    setattr_if(model, "score_thresh", float(cfg.TEST.SCORE_THRESH))
-    setattr_if(model, "detections_per_image", int(cfg.TEST.DETECTIONS_PER_IMAGE))
-    rpn = getattr(model, "rpn", None) or getattr(model, "proposal_generator", None)
-    setattr_if(rpn, "nms_thresh", float(cfg.MODEL.RPN.NMS_THRESH))
-    setattr_if(rpn, "pre_nms_topk", int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST))
-    setattr_if(rpn, "post_nms_topk", int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST))
-    roi = getattr(model, "roi_heads", None)
-    setattr_if(roi, "nms_thresh", float(cfg.MODEL.ROI.NMS_THRESH_TEST))
-    setattr_if(roi, "score_thresh", float(cfg.TEST.SCORE_THRESH))
-    setattr_if(roi, "detections_per_image", int(cfg.TEST.DETECTIONS_PER_IMAGE))
+    """Push the config's test-time options onto a built model (:meth:`InferenceOptions.apply`)."""
+    InferenceOptions.from_config(cfg).apply(model)
 
 
 def as_given_boxes(boxes: Any) -> np.ndarray:
@@ -257,12 +213,13 @@ class DenseCapPredictor:
         ``image_caption=True`` works with a DenseCap checkpoint that has no caption head.
 
         Config order: the checkpoint's config, then ``config_file`` (optional), then ``opts``
-        (``KEY VALUE ...``), then the keyword options: ``image_size``, ``rpn_nms``, ``final_nms``,
-        ``num_proposals``, ``beam_size``, ``score_thresh``, ``max_detections``, ``device``
-        (None = keep the config's value).
+        (``KEY VALUE ...``), then the keyword options, the fields of
+        :class:`~densecap.inference.options.InferenceOptions` (``image_size``, ``rpn_nms``,
+        ``final_nms``, ``pre_nms_proposals``, ``num_proposals``, ``beam_size``, ``length_penalty``,
+        ``score_thresh``, ``max_detections``, ``max_tokens``, ``device``; None = keep the config's value).
         """
         from densecap.config import load_config
-        from densecap.engine.checkpoint import build_model_from_checkpoint
+        from densecap.modeling.checkpoint import build_model_from_checkpoint
 
         device = options.get("device")
         if device is not None:

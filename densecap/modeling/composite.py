@@ -15,11 +15,16 @@ from typing import Dict, List, Sequence
 
 from torch import nn
 
+from .capabilities import capabilities
+
 _CAPTION_KEYS = ("image_caption", "image_caption_logprob", "image_captions", "attention", "attention_cell")
 
 
 class DenseCapWithImageCaptioner(nn.Module):
-    has_image_caption = True
+    @property
+    def capabilities(self) -> frozenset:
+        """The dense model's and the captioner's (:mod:`densecap.modeling.capabilities`)."""
+        return capabilities(self.dense) | capabilities(self.captioner)
 
     def __init__(self, dense: nn.Module, captioner: nn.Module) -> None:
         super().__init__()

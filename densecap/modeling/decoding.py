@@ -1,4 +1,5 @@
-"""Generic batched beam search, shared by the region captioner and the whole-image caption head.
+"""Generic batched beam search, shared by the region captioner and the whole-image caption head
+(both decode through :func:`generate_captions`: at most ``max_tokens`` words, then END).
 
 The decoder is seen only through a *step function*::
 
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Any, Tensor], Tuple[Tensor, Any]]
 
-__all__ = ["BeamSearchOutput", "beam_search", "tree_map", "StepFn"]
+__all__ = ["BeamSearchOutput", "beam_search", "generate_captions", "tree_map", "StepFn"]
 
 
 @dataclass
@@ -230,3 +231,55 @@ def beam_search(
     lengths = torch.cat([fin_len, live_len], 1).gather(1, keep)
     finished = tier.gather(1, keep)
     return BeamSearchOutput(tokens, logprobs, all_score.gather(1, keep), lengths, finished)
+
+
+@torch.no_grad()
+def generate_captions(
+    decode_step: StepFn,
+    init_state: Any,
+    start_tokens: Tensor,
+    *,
+    max_tokens: int,
+    end_token: int,
+    pad_token: int = 0,
+    beam_size: int = 1,
+    length_alpha: float = 0.0,
+    num_results: int = 1,
+    block_ngram_repeats: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """Captions of at most ``max_tokens`` words, for every caption decoder of the project.
+
+    ``max_tokens`` has one meaning everywhere (``MODEL.CAPTION.MAX_TOKENS`` and
+    ``MODEL.IMAGE_CAPTION.MAX_TOKENS``, the datasets' truncation): the number of *words*, the end
+    token not counted. A caption that reaches ``max_tokens`` words is closed with the end token
+    (scored with its real probability), so every returned caption is finished and its log-prob
+    is what the decoder's teacher-forced score gives.
+
+    ``decode_step`` is the one decoder step protocol (:data:`StepFn`):
+    ``(state, last_tokens (B*K,)) -> (logprobs (B*K, V), state)``.
+
+    Returns tokens int64 (B, N, max_tokens) words, pad after the caption (no START/END), and
+    logprobs float32 (B, N), best first.
+    """
+    T = int(max_tokens)
+    calls = [0]
+    only_end = None
+
+    def step(state, tokens):
+        nonlocal only_end
+        logp, state = decode_step(state, tokens)
+        if calls[0] == T:  # the (T+1)-th token must be the end token
+            if only_end is None:
+                only_end = torch.full((logp.shape[-1],), float("-inf"), device=logp.device, dtype=logp.dtype)
+                only_end[end_token] = 0.0
+            logp = logp + only_end
+        calls[0] += 1
+        return logp, state
+
+    res = beam_search(
+        step, init_state, start_tokens, beam_size=beam_size, max_len=T + 1, end_token=end_token,
+        pad_token=pad_token, length_alpha=length_alpha, num_results=num_results,
+        block_ngram_repeats=block_ngram_repeats,
+    )
+    tokens = res.tokens.masked_fill(res.tokens == end_token, pad_token)[:, :, :T]  # B N T
+    return tokens, res.logprobs.float()

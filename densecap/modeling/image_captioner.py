@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from densecap.data.tokenizer import Vocabulary
 
 from .backbone import Backbone, build_backbone
+from .capabilities import ATTENTION_MAPS, IMAGE_CAPTION, image_caption_capabilities
 from .image_caption import ImageCaptionHead, build_image_caption_head
 from .image_caption.attach import caption_outputs, feature_valid_mask, pick_feature, training_captions
 from .meta_arch import META_ARCH_REGISTRY, DenseCapModel
@@ -53,7 +54,7 @@ class ImageCaptioner(nn.Module):
 
     Decoding options (set from ``MODEL.IMAGE_CAPTION`` at build time, changeable as attributes;
     named apart from the region captioner's ``beam_size``, which follows TEST.BEAM_SIZE):
-    ``caption_beam_size``, ``caption_max_len`` (tokens incl. END), ``num_captions``,
+    ``caption_beam_size``, ``caption_max_len`` (words, END not counted), ``num_captions``,
     ``length_penalty``, ``block_repeats``.
     """
 
@@ -87,6 +88,16 @@ class ImageCaptioner(nn.Module):
         self.num_captions = int(num_captions)
         self.length_penalty = float(length_penalty)
         self.block_repeats = block_repeats
+
+    @property
+    def capabilities(self) -> frozenset:
+        """``image_caption``, and ``attention_maps`` for an attention head (see
+        :mod:`densecap.modeling.capabilities`)."""
+        return image_caption_capabilities(self.head)
+
+    @classmethod
+    def capabilities_from_config(cls, cfg) -> frozenset:
+        return frozenset({IMAGE_CAPTION} | ({ATTENTION_MAPS} if cfg.MODEL.IMAGE_CAPTION.HEAD != "nic" else set()))
 
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "ImageCaptioner":

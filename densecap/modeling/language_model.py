@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from densecap.data.tokenizer import END, PAD, START, Vocabulary
 
-from .decoding import beam_search, tree_map
+from .decoding import generate_captions, tree_map
 from .losses import caption_loss
 from .registry import Registry
 
@@ -96,7 +96,7 @@ class CaptionDecoder(nn.Module):
 
     rnn_cls = nn.LSTM
     # greedy decoding (beam 1) by a plain argmax loop instead of the generic beam search (same
-    # result, fewer ops per step, finished regions leave the batch); False = always beam_search
+    # result, fewer ops per step, finished regions leave the batch); False = always generate_captions
     fast_greedy = True
 
     def __init__(
@@ -226,8 +226,9 @@ class CaptionDecoder(nn.Module):
         _, state = self._cell(x, self._zero_state(p.shape[0], p))
         return (*state, code)
 
-    def step(self, state: Tuple[Optional[Tensor], ...], tokens: Tensor) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
-        """One decoding step: (state, tokens (B,)) -> (logprobs (B, V), new state)."""
+    def decode_step(self, state: Tuple[Optional[Tensor], ...], tokens: Tensor) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
+        """One decoding step (the decoder step protocol of :mod:`densecap.modeling.decoding`):
+        (state, tokens (B,)) -> (logprobs (B, V), new state)."""
         *rnn_state, code = state
         x = self.embed(tokens)  # B E
         if code is not None:
@@ -235,6 +236,8 @@ class CaptionDecoder(nn.Module):
         out, new = self._cell(x, tuple(rnn_state))  # B H
         logp = torch.log_softmax(self._logits(out).float(), dim=-1)  # B V
         return logp, (*new, code)
+
+    step = decode_step  # the former name
 
     @torch.no_grad()
     def generate(
@@ -265,24 +268,11 @@ class CaptionDecoder(nn.Module):
             return tok, lp
         if self.fast_greedy and beam_size == 1 and R == 1 and length_alpha == 0 and block_ngram_repeats == 0:
             return self._greedy(region_codes, T)
-        calls = [0]
-        only_end = torch.full((self.vocab_size,), float("-inf"), device=region_codes.device)
-        only_end[END] = 0.0
-
-        def step_fn(state, tokens):
-            logp, state = self.step(state, tokens)
-            if calls[0] == T:  # the (T+1)-th token must be END
-                logp = logp + only_end
-            calls[0] += 1
-            return logp, state
-
-        res = beam_search(
-            step_fn, self.init_state(region_codes), torch.full((n,), START, dtype=torch.long, device=region_codes.device),
-            beam_size=beam_size, max_len=T + 1, end_token=END, pad_token=PAD, length_alpha=length_alpha,
+        tokens, logprobs = generate_captions(  # N R T, N R
+            self.decode_step, self.init_state(region_codes), torch.full((n,), START, dtype=torch.long, device=region_codes.device),
+            max_tokens=T, end_token=END, pad_token=PAD, beam_size=beam_size, length_alpha=length_alpha,
             num_results=R, block_ngram_repeats=block_ngram_repeats,
         )
-        tokens = res.tokens.masked_fill(res.tokens == END, PAD)[:, :, :T]  # N R T
-        logprobs = res.logprobs.float()  # N R
         if R == 1:
             return tokens[:, 0], logprobs[:, 0]
         return tokens, logprobs
@@ -300,7 +290,7 @@ class CaptionDecoder(nn.Module):
         rows = torch.arange(n, device=dev)  # n' regions still decoding
         last = torch.full((n,), START, dtype=torch.long, device=dev)  # n'
         for t in range(T + 1):
-            logp, state = self.step(state, last)  # n' V
+            logp, state = self.decode_step(state, last)  # n' V
             if t == T:  # the (T+1)-th token must be END
                 logprobs[rows] += logp[:, END]
                 break

@@ -18,6 +18,7 @@ from densecap.data.tokenizer import Vocabulary
 from densecap.structures import Instances, xywh_to_xyxy
 
 from .backbone import Backbone, build_backbone
+from .capabilities import ATTENTION_MAPS, IMAGE_CAPTION, REGION_EMBEDDINGS, REGIONS, image_caption_capabilities
 from .image_caption.attach import caption_losses, caption_outputs, feature_valid_mask, pick_feature
 from .language_model import CaptionDecoder, build_caption_decoder
 from .postprocess import to_original_frame
@@ -85,6 +86,10 @@ class DenseCapModel(nn.Module):
     ``model.rpn.nms_thresh``, ``model.rpn.pre_nms_topk``, ``model.rpn.post_nms_topk``
     (MODEL.RPN.*_TEST); with an image-caption head ``caption_beam_size``, ``caption_max_len``,
     ``num_captions``, ``length_penalty``, ``block_repeats`` (MODEL.IMAGE_CAPTION.*).
+
+    ``model.capabilities`` (:mod:`densecap.modeling.capabilities`): ``regions``, plus
+    ``image_caption`` / ``attention_maps`` with an image-caption head (attention heads) and
+    ``region_embeddings`` with the embedding head.
     """
 
     def __init__(
@@ -136,6 +141,23 @@ class DenseCapModel(nn.Module):
         self.length_penalty = float(length_penalty)
         self.block_repeats = bool(block_repeats)
 
+    @property
+    def capabilities(self) -> frozenset:
+        caps = {REGIONS} | image_caption_capabilities(self.image_caption_head)
+        if getattr(self, "embedding_head", None) is not None:
+            caps.add(REGION_EMBEDDINGS)
+        return frozenset(caps)
+
+    @classmethod
+    def capabilities_from_config(cls, cfg) -> frozenset:
+        ic = cfg.MODEL.IMAGE_CAPTION
+        caps = {REGIONS}
+        if ic.ENABLED:
+            caps |= {IMAGE_CAPTION} | ({ATTENTION_MAPS} if ic.HEAD != "nic" else set())
+        if cfg.MODEL.EMBEDDING.ENABLED:
+            caps.add(REGION_EMBEDDINGS)
+        return frozenset(caps)
+
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "DenseCapModel":
         backbone = build_backbone(cfg)
@@ -144,7 +166,7 @@ class DenseCapModel(nn.Module):
         caption_head = build_caption_decoder(cfg, vocab, roi_heads.recognition.out_dim)
         embedding_head = None
         if cfg.MODEL.EMBEDDING.ENABLED:
-            from densecap.retrieval.embedding import build_embedding_head
+            from .embedding import build_embedding_head
 
             embedding_head = build_embedding_head(cfg, vocab, roi_heads.recognition.out_dim)
         ic = cfg.MODEL.IMAGE_CAPTION

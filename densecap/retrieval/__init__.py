@@ -1,6 +1,7 @@
-"""Region retrieval (issue 7): joint region-sentence embedding, region index, text/region search,
-the paper's retrieval evaluation and caption-based clustering. See /work/notes/retrieval_readme.md."""
-from .embedding import EmbeddingHead, SentenceEncoder, build_embedding_head
-from .losses import ranking_loss, same_caption_mask
+"""Region retrieval: region index, text/region search, the paper's retrieval evaluation and
+caption-based clustering. The joint region-sentence embedding head it uses is part of the model
+(:mod:`densecap.modeling.embedding`); its names are re-exported here."""
+from densecap.modeling.embedding import EmbeddingHead, SentenceEncoder, build_embedding_head
+from densecap.modeling.ranking_loss import ranking_loss, same_caption_mask
 
 __all__ = ["EmbeddingHead", "SentenceEncoder", "build_embedding_head", "ranking_loss", "same_caption_mask"]

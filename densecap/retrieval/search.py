@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from densecap.data.tokenizer import UNK_TOKEN, tokenize
+from densecap.modeling.capabilities import REGION_EMBEDDINGS, capabilities
 
 from .index import ImageRecord, RegionIndex, RegionIndexError, checkpoint_identity
 
@@ -73,11 +74,11 @@ class LMStepper:
         from densecap.data.tokenizer import START
 
         state = self.head.init_state(codes)
-        logp, state = self.head.step(state, torch.full((len(codes),), START, dtype=torch.int64, device=codes.device))
+        logp, state = self.head.decode_step(state, torch.full((len(codes),), START, dtype=torch.int64, device=codes.device))
         return state, logp.float()
 
     def advance(self, state, tok: int, n: int):
-        logp, state = self.head.step(state, torch.full((n,), tok, dtype=torch.int64, device=self._device()))
+        logp, state = self.head.decode_step(state, torch.full((n,), tok, dtype=torch.int64, device=self._device()))
         return state, logp.float()
 
 
@@ -90,7 +91,7 @@ class RetrievalModel:
 
     ``model`` honours the contract of ``densecap.modeling`` (``model.vocab``,
     ``model.caption_head.score``, eval outputs with ``region_codes``); ``model.embedding_head``
-    (an :class:`~densecap.retrieval.embedding.EmbeddingHead`) is used when present and not None.
+    (an :class:`~densecap.modeling.embedding.EmbeddingHead`) is used when present and not None.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class RetrievalModel:
         self.model = model.eval()
         self.vocab = model.vocab
         self.caption_head = model.caption_head
-        self.embedding_head = getattr(model, "embedding_head", None)
+        self.embedding_head = model.embedding_head if REGION_EMBEDDINGS in capabilities(model) else None
         self.checkpoint = dict(checkpoint)
         self._predictor = predictor
         self.chunk_size = int(chunk_size)
@@ -129,16 +130,16 @@ class RetrievalModel:
         known: Optional[Dict[str, Any]] = None,
         **predictor_options: Any,
     ) -> "RetrievalModel":
-        """Load a checkpoint with the inference engineer's predictor (its config + ``config_file``
+        """Load a checkpoint with :class:`~densecap.inference.predictor.DenseCapPredictor` (its config + ``config_file``
         + ``opts`` + predictor options such as ``image_size``, ``device``)."""
         from densecap.inference.predictor import DenseCapPredictor
 
         ident = checkpoint_identity(weights, known=known)
         predictor = DenseCapPredictor.from_checkpoint(weights, config_file=config_file, opts=opts, **predictor_options)
-        if getattr(predictor.model, "embedding_head", None) is None:
+        if REGION_EMBEDDINGS not in capabilities(predictor.model):
             _attach_embedding_head(predictor.model, weights, predictor.cfg)
         region_dim = None
-        if predictor.cfg is not None and getattr(predictor.model, "embedding_head", None) is None:
+        if predictor.cfg is not None and REGION_EMBEDDINGS not in capabilities(predictor.model):
             region_dim = int(predictor.cfg.MODEL.ROI.FC_DIM)
         return cls(predictor.model, checkpoint=ident, predictor=predictor, region_dim=region_dim)
 
@@ -321,9 +322,9 @@ class RetrievalModel:
 def _attach_embedding_head(model: torch.nn.Module, weights: str, cfg) -> None:
     """A checkpoint may hold ``embedding_head.*`` weights that the built model has no module for
     (a model class without the optional head): build the head from them and attach it."""
-    from densecap.engine.checkpoint import load_checkpoint
+    from densecap.modeling.checkpoint import load_checkpoint
 
-    from .embedding import build_embedding_head
+    from densecap.modeling.embedding import build_embedding_head
 
     state = load_checkpoint(weights)["model"]
     head_state = {k[len("embedding_head."):]: v for k, v in state.items() if k.startswith("embedding_head.")}

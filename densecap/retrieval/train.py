@@ -28,7 +28,7 @@ import torch
 from densecap.data.prepared import load_split, load_vocab
 from densecap.utils.io import atomic_open
 
-from .embedding import build_embedding_head
+from densecap.modeling.embedding import build_embedding_head
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def train_embedding(weights: str, prepared_dir: str, output: str, *, split: str 
                     num_images: int = 1000, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
                     max_seconds: float = 0.0, seed: int = 0, opts=(), device: Optional[str] = None) -> Dict[str, Any]:
     """The whole second stage; writes ``output`` (a full checkpoint). Returns a summary."""
-    from densecap.engine.checkpoint import load_checkpoint
+    from densecap.modeling.checkpoint import load_checkpoint
     from densecap.utils.io import atomic_torch_save
 
     from .search import RetrievalModel

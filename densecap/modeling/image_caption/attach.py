@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from densecap.data.grounding import cell_centres_in_boxes, grounded_words
 from densecap.data.tokenizer import PAD, Vocabulary
 
 from .base import ImageCaptionHead
@@ -70,28 +71,6 @@ def training_captions(feats: Tensor, mask: Tensor, caps: Sequence[Tensor], mode:
         raise ValueError(f"MODEL.IMAGE_CAPTION.TRAIN_CAPTIONS must be 'sample' or 'all', got {mode!r}")
     t = int((captions != PAD).sum(1).max().clamp(min=1))
     return feats, mask, captions[:, :t], src
-
-
-def cell_centres_in_boxes(boxes: Tensor, stride: Union[float, Tuple[float, float]], shape: Tuple[int, int]) -> Tensor:
-    """(G, H, W) bool: which cells of an (H, W) grid with cells of ``stride`` pixels (one number,
-    or (cell_h, cell_w)), starting at the top-left, have their centre inside each xyxy box (G, 4)."""
-    sy, sx = (float(stride), float(stride)) if isinstance(stride, (int, float)) else (float(stride[0]), float(stride[1]))
-    H, W = shape
-    b = boxes.float().reshape(-1, 4)
-    cy = (torch.arange(H, device=b.device, dtype=torch.float32) + 0.5) * sy  # H
-    cx = (torch.arange(W, device=b.device, dtype=torch.float32) + 0.5) * sx  # W
-    return ((cy[None, :, None] >= b[:, 1, None, None]) & (cy[None, :, None] < b[:, 3, None, None])
-            & (cx[None, None, :] >= b[:, 0, None, None]) & (cx[None, None, :] < b[:, 2, None, None]))  # G H W
-
-
-def grounded_words(captions: Tensor, gt_captions: Tensor) -> Tuple[Tensor, Tensor]:
-    """Which region captions name each caption word. captions (K, T) and gt_captions (G, Tr) word
-    ids -> ``contains`` (K, T, G) bool and ``grounded`` (K, T) bool: some, but not all, of the
-    regions' captions contain the word ("a" is in all of them; "background" in none), and it is not
-    a special token."""
-    contains = (captions[:, :, None, None] == gt_captions[None, None, :, :]).any(-1)  # K T G
-    grounded = contains.any(-1) & ~contains.all(-1) & (captions >= 4)  # K T
-    return contains, grounded
 
 
 def word_region_masks(captions: Tensor, gt_boxes: Tensor, gt_captions: Tensor,

@@ -15,7 +15,8 @@ A subclass provides the recurrent cell through three methods:
         that may hold "alpha" (B,L), "att_logits" (B,L), "sample" (B,) int64, "hard" (B,) bool
     losses(outputs) -> dict of unweighted loss_* (the caption NLL is added by the base class)
 
-and sets ``has_attention``.
+and sets ``has_attention``. Decoding goes through ``decode_step`` (the same step protocol as the
+region captioner's, :func:`densecap.modeling.decoding.generate_captions`).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import END, PAD, START, Vocabulary
-from densecap.modeling.decoding import beam_search
+from densecap.modeling.decoding import generate_captions
 from densecap.modeling.language_model import caption_targets
 
 from .losses import caption_nll, token_logprobs
@@ -91,6 +92,12 @@ class ImageCaptionHead(nn.Module):
 
     def extra_losses(self, outputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {}
+
+    def decode_step(self, state: Any, tokens: Tensor) -> Tuple[Tensor, Any]:
+        """One test-time decoding step (the decoder step protocol of
+        :mod:`densecap.modeling.decoding`): (state, tokens (B,)) -> (logprobs (B, V), new state)."""
+        logits, state, _aux = self.step(state, tokens, "test")
+        return F.log_softmax(logits.float(), dim=-1), state
 
     # ---- teacher forcing ---------------------------------------------------------------------
     def decode_teacher(self, features: Tensor, captions: Tensor, valid_mask: Optional[Tensor] = None, mode: str = "train") -> Dict[str, Tensor]:
@@ -157,8 +164,8 @@ class ImageCaptionHead(nn.Module):
     ) -> Dict[str, Optional[Tensor]]:
         """Batched beam search (beam 1 = greedy).
 
-        ``max_len`` counts generated tokens incl. END (so a finished caption has at most
-        max_len - 1 words; an unfinished one, returned when no beam finishes, has max_len).
+        ``max_len``: at most that many words (MODEL.IMAGE_CAPTION.MAX_TOKENS; END not counted, as
+        for the region captioner); a caption reaching it is closed with END.
         ``block_repeats``: True forbids repeating any trigram (kills word loops); an int n blocks
         repeated n-grams (1 = no word twice). ``beam_size`` is raised to ``num_captions`` if smaller.
         """
@@ -168,25 +175,19 @@ class ImageCaptionHead(nn.Module):
             B = features.shape[0]
             K = max(int(beam_size), int(num_captions))
             state0 = self.init_state(features, valid_mask)
-
-            def step_fn(state, last):
-                logits, state, _aux = self.step(state, last, "test")
-                return F.log_softmax(logits.float(), dim=-1), state
-
             n_block = 3 if block_repeats is True else int(block_repeats or 0)
-            res = beam_search(
-                step_fn,
+            tokens, logprobs = generate_captions(  # B N T, B N
+                self.decode_step,
                 state0,
                 torch.full((B,), START, dtype=torch.long, device=features.device),
-                beam_size=K,
-                max_len=int(max_len),
+                max_tokens=int(max_len),
                 end_token=END,
                 pad_token=PAD,
+                beam_size=K,
                 length_alpha=float(length_penalty),
                 num_results=int(num_captions),
                 block_ngram_repeats=n_block,
             )
-            tokens = res.tokens.masked_fill(res.tokens == END, PAD)  # B N T
             # everything after the first PAD is padding (beam pads after END)
             tokens = tokens * (tokens != PAD).long().cumprod(dim=-1)
             attention = None
@@ -194,7 +195,7 @@ class ImageCaptionHead(nn.Module):
                 attention = self.attention_maps(features, tokens[:, 0], valid_mask)
         finally:
             self.train(was)
-        return {"tokens": tokens, "logprobs": res.logprobs, "attention": attention}
+        return {"tokens": tokens, "logprobs": logprobs, "attention": attention}
 
     @torch.no_grad()
     def attention_maps(self, features: Tensor, captions: Tensor, valid_mask: Optional[Tensor] = None) -> Tensor:

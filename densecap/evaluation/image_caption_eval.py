@@ -1,31 +1,29 @@
-"""Evaluate a whole-image captioner on ``DATASETS.TEST[0]``: BLEU-1..4, METEOR, ROUGE-L, CIDEr.
+"""Whole-image caption evaluator: BLEU-1..4, METEOR, ROUGE-L, CIDEr of generated captions.
 
-Called by ``densecap.engine.evaluation.evaluate_model`` when ``MODEL.META_ARCHITECTURE`` is
-``ImageCaptioner``. Generation runs with the model's decoding options (``MODEL.IMAGE_CAPTION``:
-beam size, length penalty, ...); the metrics are ``densecap.evaluation.caption_eval.caption_metrics``.
-The predictions are also written as a COCO results list to
-``OUTPUT_DIR/image_caption_predictions.json`` (``[{"image_id", "file_name", "caption", "logprob"}]``),
-so that ``tools/evaluate.py --task caption --gt <captions.json> --pred <that file> --split test``
-gives the same numbers.
+:class:`ImageCaptionEvaluator` collects the ``image_caption`` predictions of a model's eval
+outputs (it never runs a model; ``densecap.engine.evaluation`` does); the metrics are
+:func:`densecap.evaluation.caption_eval.caption_metrics`. :func:`report` writes the predictions as
+a COCO results list to ``OUTPUT_DIR/image_caption_predictions.json``
+(``[{"image_id", "file_name", "caption", "logprob"}]``), so that
+``tools/evaluate.py --task caption --gt <captions.json> --pred <that file> --split test`` gives
+the same numbers.
 """
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Dict, List
 
-import torch
-
-from densecap.data.tokenizer import Vocabulary
 from densecap.utils import comm
+
+from .evaluator import DatasetEvaluator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageCaptionEvaluator", "evaluate_image_captioner", "report"]
+__all__ = ["ImageCaptionEvaluator", "report"]
 
 
-class ImageCaptionEvaluator:
+class ImageCaptionEvaluator(DatasetEvaluator):
     """Collects (image, generated caption, references) pairs; ``evaluate()`` gathers over ranks.
 
     The references are each input's ``refs_key`` list: ``gt_captions`` for the caption datasets,
@@ -34,8 +32,11 @@ class ImageCaptionEvaluator:
     """
 
     def __init__(self, refs_key: str = "gt_captions") -> None:
-        self.rows: List[Dict] = []
         self.refs_key = refs_key
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: List[Dict] = []
 
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):
@@ -50,7 +51,7 @@ class ImageCaptionEvaluator:
             })
 
     def evaluate(self) -> Dict:
-        from densecap.evaluation.caption_eval import caption_metrics
+        from .caption_eval import caption_metrics
 
         rows = [r for part in comm.all_gather(self.rows) for r in part]
         if not rows:
@@ -61,26 +62,6 @@ class ImageCaptionEvaluator:
         metrics["num_images"] = len(rows)
         self.predictions = [{k: r[k] for k in ("image_id", "file_name", "caption", "logprob")} for r in rows]
         return metrics
-
-
-@torch.no_grad()
-def evaluate_image_captioner(cfg, model: torch.nn.Module, vocab: Vocabulary) -> Dict:
-    from densecap.data.captions import build_caption_dataset
-    from densecap.engine.evaluation import run_inference
-
-    name = cfg.DATASETS.TEST[0]
-    dataset = build_caption_dataset(cfg, name, vocab, max_images=cfg.TEST.MAX_IMAGES)
-    evaluator = ImageCaptionEvaluator()
-    t0 = time.perf_counter()
-    run_inference(cfg, model, dataset, [evaluator], desc=f"eval {name}")
-    t1 = time.perf_counter()
-    results = evaluator.evaluate()
-    results["dataset"] = name
-    results["seconds_inference"] = round(t1 - t0, 2)
-    results["seconds_metric"] = round(time.perf_counter() - t1, 2)
-    if comm.is_main_process():
-        report(results, evaluator, cfg.OUTPUT_DIR, name)
-    return results
 
 
 def report(results: Dict, evaluator: ImageCaptionEvaluator, output_dir: str, name: str) -> None:

@@ -10,13 +10,13 @@ W: word-embedding size, H: RNN hidden size (per direction), E: joint embedding s
   the words. With one region the paper's image-sentence score ``sum_t max_i v_i . s_t`` is exactly
   ``v . sum_t s_t``, so the sentence vector is the (length-normalised) sum of its word vectors.
 * Both are L2-normalised; the score is their dot product (cosine), in [-1, 1].
-* Trained with the bidirectional max-margin ranking loss (:func:`densecap.retrieval.losses.ranking_loss`)
+* Trained with the bidirectional max-margin ranking loss (:func:`densecap.modeling.ranking_loss.ranking_loss`)
   over the pairs of a batch; pairs with identical captions are not negatives of each other.
 
 The vocabulary is the captioner's (:class:`densecap.data.tokenizer.Vocabulary`); captions are the
 same 0-padded token rows (no START/END) the dataset gives the caption LM. The word embedding is the
 head's own (so the ranking loss can never move the captioner); :meth:`EmbeddingHead.init_word_embedding`
-copies the LM's vectors in when the lead wants a warm start.
+copies the LM's vectors in for a warm start.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from densecap.data.tokenizer import PAD, Vocabulary
 
-from .losses import ranking_loss, same_caption_mask
+from .ranking_loss import ranking_loss, same_caption_mask
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Training: data loaders, optimizer and schedule, the trainer loop, checkpoints, evaluation during training."""
