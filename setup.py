@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["densecap", "densecap.*"]),
     include_package_data=True,
+    package_data={"densecap.serve": ["static/*"]},  # the web page (HTML/JS/CSS), served offline
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
