@@ -61,6 +61,15 @@
   }
 
   // ---- regions ------------------------------------------------------------------------------
+  function fit() {  // show the image as large as the page allows (small images are enlarged)
+    var img = $("img");
+    if (!img.naturalWidth) return;
+    var avail = $("stagewrap").clientWidth, maxh = Math.max(240, window.innerHeight * 0.7);
+    var s = Math.min(avail / img.naturalWidth, maxh / img.naturalHeight);
+    img.style.width = Math.floor(img.naturalWidth * s) + "px";
+    img.style.height = Math.floor(img.naturalHeight * s) + "px";
+  }
+
   function place(el, box, w, h) {  // box [x, y, w, h] in original pixels -> % of the image
     el.style.left = (100 * box[0] / w) + "%";
     el.style.top = (100 * box[1] / h) + "%";
@@ -286,7 +295,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    $("file").addEventListener("change", function () { pick(this.files); });
+    $("file").addEventListener("change", function () { pick(this.files); this.value = ""; });  // the same file again: a change
     var drop = $("drop");
     ["dragenter", "dragover"].forEach(function (t) {
       drop.addEventListener(t, function (e) { e.preventDefault(); drop.classList.add("over"); });
@@ -296,6 +305,8 @@
     });
     drop.addEventListener("drop", function (e) { pick(e.dataTransfer.files); });
     $("stage").addEventListener("mousedown", onDown);
+    $("img").addEventListener("load", fit);
+    window.addEventListener("resize", fit);
     window.addEventListener("mousemove", onMove);
     window.addEventListener("mouseup", onUp);
     $("searchform").addEventListener("submit", search);
