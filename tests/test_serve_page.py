@@ -24,7 +24,7 @@ from serve_helpers import free_port  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "output", "test-artifacts")
 EVIL = '</script><img src=x onerror="window.PWNED=1"> <b>bold</b> &amp; "q"'
-W, H = 1400, 1000
+W, H = 1400, 1250
 TOKEN = "page-token"
 
 
