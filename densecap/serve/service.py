@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import posixpath
+from urllib.parse import quote
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -224,7 +225,7 @@ class DenseCapService:
         for h in res.hits:
             name = self.image_name(h["image"])
             hits.append({
-                "rank": h["rank"], "image": name, "image_url": None if name is None else "/v1/images/" + name,
+                "rank": h["rank"], "image": name, "image_url": None if name is None else "/v1/images/" + quote(name),
                 "box": h["box"], "score": h["score"], "caption": h["caption"],
                 "width": h["width"], "height": h["height"],
                 **({"similarity": h["similarity"]} if "similarity" in h else {}),
