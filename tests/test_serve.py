@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -295,7 +294,7 @@ def test_healthz_answers_while_the_model_works_and_a_bad_image_fails_alone():
     assert g.status_code == 200 and t.status_code == 200 and g.json()["captions"] == t.json()["captions"]
     assert b.status_code == 500 and "77-pixel-wide" in b.json()["detail"]
     # the images differ in shape (one forward pass each); the failed batch was re-run image by image
-    assert set(model.batch_sizes) == {1} and 3 <= len(model.batch_sizes) <= 4, model.batch_sizes
+    assert set(model.batch_sizes) == {1} and 2 <= len(model.batch_sizes) <= 4, model.batch_sizes
     assert all(int(x["width"]) != 77 for x in model.seen_inputs)
 
 

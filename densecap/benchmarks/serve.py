@@ -159,10 +159,11 @@ def _batch_stats(base: str):
     text = httpx.get(base + "/metrics", timeout=10).text
     vals = {}
     for line in text.splitlines():
-        if line.startswith(("densecap_batch_size_count ", "densecap_batch_size_sum ")):
+        if line.startswith(("densecap_batch_size_count ", "densecap_batch_size_sum ", "densecap_inference_seconds_sum ")):
             k, v = line.split()
             vals[k] = float(v)
-    return vals.get("densecap_batch_size_count", 0.0), vals.get("densecap_batch_size_sum", 0.0)
+    return (vals.get("densecap_batch_size_count", 0.0), vals.get("densecap_batch_size_sum", 0.0),
+            vals.get("densecap_inference_seconds_sum", 0.0))
 
 
 def _load(base: str, payloads: List[bytes], n: int, concurrency: int) -> Dict:
@@ -191,7 +192,7 @@ def _load(base: str, payloads: List[bytes], n: int, concurrency: int) -> Dict:
                 with lock:
                     (lat.append(dt) if ok else failures.append(why))
 
-    n0, s0 = _batch_stats(base)
+    n0, s0, m0 = _batch_stats(base)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -199,7 +200,7 @@ def _load(base: str, payloads: List[bytes], n: int, concurrency: int) -> Dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    n1, s1 = _batch_stats(base)
+    n1, s1, m1 = _batch_stats(base)
     ms = sorted(x * 1000 for x in lat)
 
     def pct(p):
@@ -210,6 +211,7 @@ def _load(base: str, payloads: List[bytes], n: int, concurrency: int) -> Dict:
         "failures": failures[:5], "seconds": wall, "images_per_second": len(lat) / wall,
         "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
         "mean_batch": (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan"),
+        "model_seconds_per_image": (m1 - m0) / (s1 - s0) if s1 > s0 else float("nan"),  # inside the server
     }
 
 
@@ -296,10 +298,11 @@ def _print(o: Dict) -> None:
     print(f"serve: {o['images']} images {o['image_size'][0]}x{o['image_size'][1]}, max batch {o['max_batch']}, "
           f"max wait {o['max_wait_ms']:g} ms, {o['threads']} thread(s); load average {o['load_average'][0]:.1f}")
     print(f"{'concurrency':>11} {'requests':>9} {'failed':>7} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'p99 ms':>8} {'mean batch':>11}")
+          f"{'p99 ms':>8} {'mean batch':>11} {'model s/img':>12}")
     for r in o["levels"]:
         print(f"{r['concurrency']:>11} {r['requests']:>9} {r['failed']:>7} {r['images_per_second']:>9.2f} "
-              f"{r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['mean_batch']:>11.2f}")
+              f"{r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['mean_batch']:>11.2f} "
+              f"{r['model_seconds_per_image']:>12.3f}")
     b, a = o["infer_images_per_second_before_after"]
     print(f"tools/infer.py --batch-size {o['max_batch']}: {o['infer_images_per_second']:.2f} images/s "
           f"(before {b:.2f}, after {a:.2f})")

@@ -161,8 +161,9 @@ def create_app(service: DenseCapService, *, token: Optional[str] = None, max_upl
             logger.exception("prediction failed for an upload %r", image.filename)
             return JSONResponse({"detail": f"prediction failed ({type(e).__name__}: {e})"}, status_code=500)
         service.metrics.captioned.inc()
-        return service.record(pred, image.filename, max_regions=max_regions, min_score=min_score,
-                              image_caption=image_caption)
+        rec = service.record(pred, image.filename, max_regions=max_regions, min_score=min_score,
+                             image_caption=image_caption)
+        return JSONResponse(rec)  # plain JSON values already: no re-encoding pass
 
     @app.post("/v1/search", max_body_size=SEARCH_BODY_BYTES, summary="Regions of the index that match a text")
     async def search(req: SearchRequest):
