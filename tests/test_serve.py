@@ -209,12 +209,21 @@ def test_token(tmp_path, monkeypatch):
     svc.close()
 
 
-def test_token_from_the_environment(monkeypatch):
+def test_command_line(tmp_path, capsys):
     from densecap.serve.cli import build_parser as serve_parser
+    from densecap.serve.cli import main as serve_main
 
-    monkeypatch.setenv("DENSECAP_TOKEN", "envtoken")
     args = serve_parser().parse_args(["--weights", "w.pth"])
-    assert args.token is None and args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 20.0
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 20.0 and args.token is None
+    assert args.max_batch == 8 and args.max_wait_ms == 10.0
+    for argv, words in [
+        (["--weights", str(tmp_path / "missing.pth")], "missing.pth: file not found"),
+        (["--weights", __file__, "--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--weights", __file__, "--index", str(tmp_path / "nope")], "nope: not a folder"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            serve_main(argv)
+        assert e.value.code == 2 and words in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------
