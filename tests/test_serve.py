@@ -335,8 +335,20 @@ def test_search_matches_the_retrieval_api(real, serve_assets):
     assert d["mode"] == "exact" and d["oov"] == ["zebra"] and d["tokens"][0] == "<UNK>"
 
 
-def test_search_bad_requests(real, fake):
+def index_state(root):
+    """Every file of an index directory with its bytes (what a bad request must not change)."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+def test_search_bad_requests(real, fake, serve_assets):
     c, svc = real
+    before = (index_state(serve_assets["index"]), metric_state(c),
+              {k: v.clone() for k, v in svc.predictor.model.state_dict().items()})
     for body, status, words in [
         ({"query": ""}, 422, "at least 1 character"),
         ({"query": "!!! ???"}, 400, "has no words"),
@@ -349,6 +361,11 @@ def test_search_bad_requests(real, fake):
         assert r.status_code == status and words in r.text, (body, r.text)
     assert c.post("/v1/search", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
     assert c.post("/v1/search", content=b"x" * (100 << 10), headers={"Content-Type": "application/json"}).status_code == 413
+    assert post_image(c, data=b"not an image").status_code == 400
+    assert post_image(c, data=scene_png(64, 48), boxes="[[0, 0, 65, 10]]").status_code == 400
+    after = (index_state(serve_assets["index"]), metric_state(c), svc.predictor.model.state_dict())
+    assert after[0] == before[0] and after[1] == before[1]  # index files, searches, batches: unchanged
+    assert all(torch.equal(before[2][k], after[2][k]) for k in before[2])
     fc, _ = fake  # no index loaded
     r = fc.post("/v1/search", json={"query": "a red circle"})
     assert r.status_code == 404 and "--index" in r.json()["detail"]
