@@ -12,8 +12,8 @@ worst case). Images: ``--images`` synthetic scenes (coloured rectangles) of ``--
 
 Peer: ``tools/infer.py``'s own batched throughput: its ``run`` (``--batch-size --max-batch
 --no-vis``, reading the files and writing results.json) with the model loaded once, images per
-second over ``--infer-repeats`` passes over the images, measured before and after the server runs;
-the faster of the two is the peer's figure, so a load spike during one of them cannot flatter the
+second over ``--infer-repeats`` passes over the images, measured right before and right after the
+highest concurrency level (the server idle meanwhile); the faster of the two is the peer's figure, so a load spike during one of them cannot flatter the
 server.
 
 Served: the real server (``python -m densecap.serve``, uvicorn) on a free 127.0.0.1 port, in its
@@ -236,19 +236,22 @@ def run(args) -> Dict:
 
         predictor = DenseCapPredictor.from_checkpoint(weights, device="cpu", batch_size=args.max_batch)
         _infer_throughput(predictor, folder, work, argparse_like(args, infer_repeats=1))  # warm-up
-        infer_before = _infer_throughput(predictor, folder, work, args)
 
         port = _free_port()
         proc = _start_server(weights, port, args, os.path.join(work, "server.log"))
         base = f"http://127.0.0.1:{port}"
         _load(base, payloads, max(args.warmup, 1), min(max(args.concurrency), max(args.warmup, 1)))
         rss_before = _rss_mb(proc.pid)
-        levels = [_load(base, payloads, args.requests, c) for c in args.concurrency]
+        conc = sorted(set(args.concurrency))
+        levels = [_load(base, payloads, args.requests, c) for c in conc[:-1]]
+        # the headline level, bracketed in time by the peer (the server idles meanwhile)
+        infer_before = _infer_throughput(predictor, folder, work, args)
+        levels.append(_load(base, payloads, args.requests, conc[-1]))
+        infer_after = _infer_throughput(predictor, folder, work, args)
         rss_after = _rss_mb(proc.pid)
         proc.terminate()
         proc.wait(30)
         proc = None
-        infer_after = _infer_throughput(predictor, folder, work, args)
         infer_ips = max(infer_before, infer_after)  # the peer's better run: load only ever helps the server's ratio less
         top = max(levels, key=lambda r: r["concurrency"])
         out = {
