@@ -2,7 +2,7 @@
 a real uvicorn server in this process: the token prompt, an upload with its boxes and captions,
 hover both ways, drawing a box and getting its caption, the whole-image caption, a search with its
 grid of hits, and captions that are never interpreted as HTML. A screenshot is saved under
-``output/test-artifacts/`` (and copied to ``$DENSECAP_KEEP_SCREENSHOT`` when that is set)."""
+``output/test-artifacts/`` (and copied to ``$DENSECAP_KEEP_SERVE_SCREENSHOT`` when that is set)."""
 from __future__ import annotations
 
 import os
@@ -169,7 +169,7 @@ def test_page_upload_hover_draw_search(browser, viewport, live, tmp_path):
     assert browser.save_screenshot(shot)
     os.makedirs(ARTIFACTS, exist_ok=True)
     shutil.copy(shot, os.path.join(ARTIFACTS, "serve_page.png"))
-    keep = os.environ.get("DENSECAP_KEEP_SCREENSHOT")
+    keep = os.environ.get("DENSECAP_KEEP_SERVE_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
     import cv2
