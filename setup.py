@@ -10,8 +10,10 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["densecap", "densecap.*"]),
     include_package_data=True,
-    # the JSON Schemas of the dataset layouts (docs/DATASETS.md)
-    package_data={"densecap.data": ["schemas/*.json"]},
+    package_data={
+        "densecap.data": ["schemas/*.json"],  # the JSON Schemas of the dataset layouts (docs/DATASETS.md)
+        "densecap.serve": ["static/*"],  # the web page (HTML/JS/CSS), served offline
+    },
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -1,8 +1,8 @@
 """Shared fixtures: a small generated synthetic dataset, the tiny test config, and the external
 programs some tests need.
 
-Java (METEOR) and Chromium (the viewer test) are installed by ``make test``, so their tests run.
-A test that needs one asks for the ``java`` or ``chromium`` fixture; when the program is missing
+Java (METEOR), Chromium and chromium-driver (the browser tests) are installed by ``make test``, so
+their tests run. A test that needs one asks for the ``java`` or ``browser`` fixture; when a program is missing
 the test is skipped and the reason is printed (and listed by ``-ra`` in the summary). Tests that
 take more than a few seconds are marked ``slow`` (pytest.ini); they are part of the suite and
 ``-m "not slow"`` leaves them out for a quick run.
@@ -31,18 +31,6 @@ def java() -> str:
         return find_java()
     except JavaNotFoundError as e:
         skip_with_reason("Java", str(e))
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Chromium's path (installed with apt-get when missing and possible); skips the test, saying
-    why, when it is unavailable."""
-    from densecap.utils.browser import ensure_chromium
-
-    path, reason = ensure_chromium()
-    if path is None:
-        skip_with_reason("Chromium", reason)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +67,57 @@ def tiny_cfg(synthetic_root, tmp_path):
         "DATASETS.TEST", f"('{prepared}:val',)",
         "OUTPUT_DIR", str(tmp_path / "out"),
     )
+
+
+@pytest.fixture(scope="session")
+def serve_assets(tmp_path_factory):
+    """A tiny real checkpoint with a joint embedding, 5 images and a region index over them."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from serve_helpers import build_assets
+
+    return build_assets(str(tmp_path_factory.mktemp("serve_assets")))
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by selenium, with the driver and browser paths given explicitly
+    (nothing is looked up or downloaded). Skipped, with the reason printed, only when Debian's
+    chromium / chromium-driver packages are not installed (make test installs them)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if missing:
+        skip_with_reason("Chromium", f"{' and '.join(missing)} not found (apt-get install -y chromium chromium-driver)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium manager: never download a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+              "--window-size=1400,900", "--no-first-run", "--disable-extensions", "--disable-background-networking",
+              "--force-device-scale-factor=1"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def set_viewport(driver, width: int, height: int) -> None:
+    """Make the page's viewport exactly width x height CSS pixels (screenshots have this size)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+
+@pytest.fixture()
+def viewport(browser):
+    """``viewport(w, h)``: set the browser's viewport size in CSS pixels."""
+    return lambda w, h: set_viewport(browser, w, h)

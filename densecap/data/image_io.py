@@ -3,11 +3,14 @@
 ``read_image`` returns an RGB ``uint8`` array of shape (H, W, 3) in the orientation a person sees
 (EXIF rotation applied). Greyscale, RGBA/LA (composited on white), palette, 16-bit and CMYK images
 are converted. Any failure raises :class:`ImageReadError` naming the file and the problem.
+``decode_image`` does the same for bytes already in memory (an upload), optionally refusing images
+of more than ``max_pixels`` pixels before decoding them (decompression bombs).
 """
 from __future__ import annotations
 
+import io
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,19 +70,40 @@ def read_image(path: str, *, exif_transpose: bool = True, alpha: str = "white") 
         raise ImageReadError(path, "file does not exist")
     if os.path.getsize(path) == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode image file bytes as :func:`read_image` reads a file; ``name`` names it in errors.
+
+    ``max_pixels``: refuse (``ImageReadError``) an image whose header declares more pixels, before
+    its pixels are decoded. Pillow's own ``Image.MAX_IMAGE_PIXELS`` guard applies as well."""
+    if not data:
+        raise ImageReadError(name, "file is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels=max_pixels)
+
+
+def _decode(source, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageReadError(name, f"image of {w} x {h} = {w * h} pixels is over the limit of {max_pixels} pixels")
             img.load()
             if exif_transpose:
                 img = ImageOps.exif_transpose(img)
             img = _to_rgb(img, alpha)
             arr = np.asarray(img, dtype=np.uint8).copy()
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(name, f"image over Pillow's pixel limit (a decompression bomb?): {e}") from None
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file (format not recognised)") from None
+        raise ImageReadError(name, "not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
-        raise ImageReadError(path, f"corrupt or truncated image ({e})") from None
+        raise ImageReadError(name, f"corrupt or truncated image ({e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(path, f"unexpected decoded shape {arr.shape}")
+        raise ImageReadError(name, f"unexpected decoded shape {arr.shape}")
     return arr
 
 
