@@ -70,20 +70,24 @@ def read_image(path: str, *, exif_transpose: bool = True, alpha: str = "white") 
         raise ImageReadError(path, "file does not exist")
     if os.path.getsize(path) == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
-    return _decode(path, path)
+    return _decode(path, path, exif_transpose=exif_transpose, alpha=alpha)
 
 
-def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: Optional[int] = None) -> np.ndarray:
+def decode_image(data: bytes, name: str = "<bytes>", *, max_pixels: Optional[int] = None,
+                 exif_transpose: bool = True, alpha: str = "white") -> np.ndarray:
     """Decode image file bytes as :func:`read_image` reads a file; ``name`` names it in errors.
 
     ``max_pixels``: refuse (``ImageReadError``) an image whose header declares more pixels, before
     its pixels are decoded. Pillow's own ``Image.MAX_IMAGE_PIXELS`` guard applies as well."""
     if not data:
         raise ImageReadError(name, "file is empty (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels=max_pixels)
+    if alpha not in ("white", "drop"):
+        raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
+    return _decode(io.BytesIO(data), name, max_pixels=max_pixels, exif_transpose=exif_transpose, alpha=alpha)
 
 
-def _decode(source, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
+def _decode(source, name: str, *, max_pixels: Optional[int] = None, exif_transpose: bool = True,
+            alpha: str = "white") -> np.ndarray:
     try:
         with Image.open(source) as img:
             w, h = img.size
