@@ -17,7 +17,7 @@ from densecap.evaluation.densecap_eval import (
     evaluate_dense_captions,
     lua_round_gt_boxes,
 )
-from densecap.evaluation.torch_sort import (
+from densecap.utils.torch7_sort import (
     argsort_descending,
     torch_sort_descending,
     torch_sort_descending_literal,
@@ -381,3 +381,18 @@ def test_images_in_the_gt_file_order_for_the_tie_order(tmp_path, fake_meteor):
     assert list(g3) == [2, 5, 9]
     g4, _ = parse_vg_regions(regions, image_ids=[5, 2, 9], max_images=2, file_order=True)
     assert list(g4) == [2, 5]  # the first 2 of the split, in file order
+
+
+def test_ascending_sort_is_the_literal_ascending_quicksort():
+    # quicksortascend = quicksortdescend with the comparisons reversed: check the identity on the
+    # values the original-compatible NMS sorts (scores with ties)
+    from densecap.modeling.original.ops import th_sort_ascending
+    from densecap.utils.torch7_sort import torch_sort_ascending
+
+    rng = np.random.RandomState(3)
+    for n in (3, 11, 12, 40, 300):
+        x = rng.randint(0, 6, size=n).astype(np.float64)
+        lit = torch_sort_descending_literal(-x)
+        np.testing.assert_array_equal(torch_sort_ascending(x), lit)
+        assert th_sort_ascending(x.tolist()) == lit.tolist()
+        assert list(x[lit]) == sorted(x)

@@ -57,7 +57,7 @@ Defined behaviour for awkward inputs (never a crash deep inside):
 * no GT box at all (``npos == 0``): every AP is 0, with a warning.
 
 Ties: predictions with equal scores are ranked in the order Torch7's ``torch.sort(x, 1, true)``
-returns them (an unstable quicksort, :mod:`densecap.evaluation.torch_sort`), within an image
+returns them (an unstable quicksort, :mod:`densecap.utils.torch7_sort`), within an image
 (the matching order) and in the global ranking, as the original; ``stable_sort=True`` keeps
 input order instead. Without ties both are the same.
 
@@ -76,7 +76,7 @@ import numpy as np
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 
 from .evaluator import DatasetEvaluator
-from .torch_sort import argsort_descending
+from densecap.utils.torch7_sort import argsort_descending
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densecap.utils.torch7_sort import torch_sort_ascending
+
 __all__ = [
     "xcycwh_to_x1y1x2y2", "x1y1x2y2_to_xcycwh", "x1y1x2y2_to_xywh", "xcycwh_to_xywh", "xywh_to_xcycwh",
     "xywh_to_x1y1x2y2", "clip_boxes", "th_sort_ascending", "nms", "box_iou", "exp_f32", "apply_box_transform",
@@ -116,75 +118,9 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def th_sort_ascending(values) -> List[int]:
     """Indices that sort ``values`` ascending exactly as Torch7's ``torch.sort`` (TH's
-    ``quicksortascend``: median-of-three quicksort, subfiles of <= 10 left to a final insertion
-    sort). Equal values come out in that algorithm's order, which decides NMS among tied scores."""
-    arr = [float(v) for v in values]
-    n = len(arr)
-    idx = list(range(n))
-    M_SMALL = 10
-    beg: List[int] = []
-    end: List[int] = []
-    L, R = 0, n - 1
-    done = n - 1 <= M_SMALL
-
-    def swap(a, b):
-        arr[a], arr[b] = arr[b], arr[a]
-        idx[a], idx[b] = idx[b], idx[a]
-
-    while not done:
-        P = (L + R) >> 1
-        swap(P, L + 1)
-        if arr[L + 1] > arr[R]:
-            swap(L + 1, R)
-        if arr[L] > arr[R]:
-            swap(L, R)
-        if arr[L + 1] > arr[L]:
-            swap(L + 1, L)
-        i, j, piv = L + 1, R, arr[L]
-        while True:
-            i += 1
-            while arr[i] < piv:
-                i += 1
-            j -= 1
-            while arr[j] > piv:
-                j -= 1
-            if j < i:
-                break
-            swap(i, j)
-        swap(L, j)
-        sz_left, sz_right = j - L, R - i + 1
-        if sz_left <= M_SMALL and sz_right <= M_SMALL:
-            if not beg:
-                done = True
-            else:
-                L, R = beg.pop(), end.pop()
-        elif sz_left <= M_SMALL or sz_right <= M_SMALL:
-            if sz_left > sz_right:
-                R = j - 1
-            else:
-                L = i
-        else:
-            if sz_left > sz_right:
-                beg.append(L)
-                end.append(j - 1)
-                L = i
-            else:
-                beg.append(i)
-                end.append(R)
-                R = j - 1
-    for i in range(n - 2, -1, -1):
-        if arr[i] > arr[i + 1]:
-            piv, pid = arr[i], idx[i]
-            j = i + 1
-            while True:
-                arr[j - 1] = arr[j]
-                idx[j - 1] = idx[j]
-                j += 1
-                if not (j < n and arr[j] < piv):
-                    break
-            arr[j - 1] = piv
-            idx[j - 1] = pid
-    return idx
+    ``quicksortascend``; :func:`densecap.utils.torch7_sort.torch_sort_ascending`). Equal values
+    come out in that algorithm's order, which decides NMS among tied scores."""
+    return torch_sort_ascending(values).tolist()
 
 
 def nms(boxes: Tensor, scores: Tensor, thresh: float, max_boxes: Optional[int] = None) -> Tensor:

@@ -1,4 +1,9 @@
-"""The order of Torch7's ``torch.sort(x, 1, true)`` (descending), ties included.
+"""The order of Torch7's ``torch.sort`` (descending and ascending), ties included.
+
+One port serves both users of the original's sort order: the evaluator (rankings of tied scores)
+and the original-compatible model (the order NMS visits tied boxes in). Ascending is the same
+algorithm with every comparison reversed (``quicksortascend``), i.e. exactly the descending sort
+of the negated values: :func:`torch_sort_ascending`.
 
 Torch7 sorts with ``THTensor_(quicksortdescend)`` (lib/TH/generic/THTensorMath.c): Sedgewick's
 1978 quicksort, not stable. Equal values come back in an order that depends on the whole array.
@@ -38,7 +43,7 @@ from typing import List
 
 import numpy as np
 
-__all__ = ["torch_sort_descending", "torch_sort_descending_literal", "argsort_descending"]
+__all__ = ["torch_sort_descending", "torch_sort_descending_literal", "torch_sort_ascending", "argsort_descending"]
 
 M_SMALL = 10  # subfiles of at most this many elements are left to the final insertion sort
 
@@ -240,3 +245,11 @@ def argsort_descending(values, *, stable: bool = False) -> np.ndarray:
     if stable:
         return np.argsort(-x, kind="stable").astype(np.int64)
     return torch_sort_descending(x)
+
+
+def torch_sort_ascending(values) -> np.ndarray:
+    """The 0-based permutation Torch7's ``torch.sort(x)`` (ascending, ``quicksortascend``) returns.
+
+    ``quicksortascend`` is ``quicksortdescend`` with ``<`` and ``>`` exchanged everywhere, so on
+    ``x`` it makes exactly the moves the descending sort makes on ``-x``."""
+    return torch_sort_descending(-np.asarray(values, dtype=np.float64).reshape(-1))
