@@ -351,3 +351,236 @@ def load_tree(path: str):
     import torchfile
 
     return from_torchfile(torchfile.load(path, use_list_heuristic=False))
+
+
+# ---- DenseCap checkpoints in the original's layout ------------------------------------------------
+@dataclass(frozen=True)
+class OriginalSizes:
+    """Widths of the original DenseCap model. The defaults are the published model's
+    (``DenseCapModel.lua`` for ``vgg-16``, ``train_opts.lua``, the VG vocabulary of ~10k words);
+    :data:`NARROW` is the reference fixture's."""
+
+    conv_widths: Tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
+    fc_dim: int = 4096
+    rpn_num_filters: int = 256
+    rnn_size: int = 512
+    encoding_size: int = 512
+    vocab_size: int = 10000
+    seq_length: int = 15
+
+
+FULL = OriginalSizes()
+NARROW = OriginalSizes((8, 16, 32, 64, 64), 128, 32, 64, 32, 30, 10)
+
+
+def _modules(m) -> List:
+    mods = m.get("modules") if isinstance(m, T7Object) else None
+    return list(mods.values()) if mods else []
+
+
+def _walk_modules(m) -> Iterator[T7Object]:
+    yield m
+    for c in _modules(m):
+        yield from _walk_modules(c)
+
+
+def _param_shapes(ckpt, s: OriginalSizes) -> List[Tuple[T7Object, Tuple[int, ...], Optional[Tuple[int, ...]], float]]:
+    """(module, weight shape, bias shape, weight std) of every parameterised module of the model, in
+    the original's layout; attributes holding widths are updated on the way. Fails naming the
+    module when the tree is not the original's."""
+    model = get(ckpt, "model")
+    nets = get(model, "nets")
+    c = s.conv_widths
+    plan = []
+
+    def conv(m, n_out, n_in, k):
+        if m.typename != "nn.SpatialConvolution" or int(m["kH"]) != k:
+            raise ValueError(f"expected a {k}x{k} nn.SpatialConvolution, found {m.typename}")
+        m["nInputPlane"], m["nOutputPlane"] = n_in, n_out
+        plan.append((m, (n_out, n_in, k, k), (n_out,), float(np.sqrt(2.0 / (n_in * k * k)))))
+
+    def linear(m, n_out, n_in, where):
+        if m.typename != "nn.Linear":
+            raise ValueError(f"{where}: expected nn.Linear, found {m.typename}")
+        plan.append((m, (n_out, n_in), (n_out,), float(np.sqrt(2.0 / n_in))))
+
+    for part in ("conv_net1", "conv_net2"):
+        for m in _modules(get(nets, part)):
+            if m.typename != "nn.SpatialConvolution":
+                continue
+            name = m["name"].decode() if isinstance(m["name"], bytes) else m["name"]
+            block, layer = int(name[4]), int(name[6])  # "conv<block>_<layer>"
+            n_in = 3 if (block, layer) == (1, 1) else (c[block - 1] if layer > 1 else c[block - 2])
+            conv(m, c[block - 1], n_in, 3)
+
+    rpn = get(get(get(nets, "localization_layer"), "nets"), "rpn")
+    rpn_convs = [m for m in _walk_modules(rpn) if m.typename == "nn.SpatialConvolution"]
+    if len(rpn_convs) != 3:
+        raise ValueError(f"the RPN has {len(rpn_convs)} convolutions, the original 3")
+    conv(rpn_convs[0], s.rpn_num_filters, c[4], 3)
+    for m in rpn_convs[1:]:  # box deltas (4k outputs) and scores (2k outputs) keep their outputs
+        conv(m, int(m["nOutputPlane"]), s.rpn_num_filters, 1)
+
+    opt = get(ckpt, "opt")
+    pooled = c[4] * int(get(opt, "output_height")) * int(get(opt, "output_width"))
+    fcs = {m["name"]: m for m in _modules(get(nets, "recog_base")) if m.typename == "nn.Linear"}
+    linear(fcs[b"fc6"], s.fc_dim, pooled, "recog_base fc6")
+    linear(fcs[b"fc7"], s.fc_dim, s.fc_dim, "recog_base fc7")
+    linear(get(nets, "objectness_branch"), 1, s.fc_dim, "objectness_branch")
+    linear(get(nets, "box_reg_branch"), 4, s.fc_dim, "box_reg_branch")
+
+    lm = get(nets, "language_model")
+    V, E, H = s.vocab_size, s.encoding_size, s.rnn_size
+    linear(_modules(get(lm, "image_encoder"))[0], E, s.fc_dim, "language_model.image_encoder")
+    lut = get(lm, "lookup_table")
+    if lut.typename != "nn.LookupTable":
+        raise ValueError(f"language_model.lookup_table: expected nn.LookupTable, found {lut.typename}")
+    plan.append((lut, (V + 2, E), None, 1.0))
+    rnn = _modules(get(lm, "rnn"))
+    lstm = rnn[0]
+    if lstm.typename != "nn.LSTM":
+        raise ValueError(f"language_model.rnn[1]: expected nn.LSTM, found {lstm.typename}")
+    lstm["input_dim"], lstm["hidden_dim"] = E, H
+    plan.append((lstm, (E + H, 4 * H), (4 * H,), float(1.0 / np.sqrt(E + H))))
+    linear(rnn[2], V + 1, H, "language_model.rnn[3]")
+
+    for k, v in (("vocab_size", V), ("input_encoding_size", E), ("rnn_size", H), ("seq_length", s.seq_length),
+                 ("image_vector_dim", s.fc_dim), ("START_TOKEN", V + 1), ("END_TOKEN", V + 1), ("NULL_TOKEN", V + 2)):
+        lm[k] = v
+    for k, v in (("input_dim", c[4]), ("rpn_num_filters", s.rpn_num_filters), ("rnn_size", H),
+                 ("rnn_encoding_size", E), ("input_encoding_size", E), ("vocab_size", V),
+                 ("seq_length", s.seq_length)):
+        opt[_key(opt, k) if _has(opt, k) else k] = v
+    # idx_to_token: one table shared by opt and the language model; refilled in place
+    itt = get(opt, "idx_to_token")
+    itt.clear()
+    for i in range(1, V):
+        itt[i] = f"word{i}".encode()
+    itt[V] = b"<UNK>"
+    return plan
+
+
+def _all_tensors(root) -> Iterator[T7Tensor]:
+    seen = set()
+    stack = [root]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, T7Tensor):
+            yield o
+        elif isinstance(o, T7Object):
+            stack.append(o.fields)
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                stack.append(k)
+                stack.append(v)
+
+
+def _normal_fill(segments: List[Tuple[int, int, float, float]], seed: int) -> Callable[[int, int], np.ndarray]:
+    """fill(start, n): N(mean, std) per segment (start, end, std, mean), one generator per block
+    (seeded by the block's start, so a block's values do not depend on the order of writing)."""
+
+    def fill(start: int, n: int) -> np.ndarray:
+        out = np.random.default_rng([seed, start]).standard_normal(n, dtype=np.float32)
+        for a, b, std, mean in segments:
+            lo, hi = max(a, start), min(b, start + n)
+            if lo < hi:
+                seg = out[lo - start : hi - start]
+                seg *= np.float32(std)
+                if mean:
+                    seg += np.float32(mean)
+        return out
+
+    return fill
+
+
+def resize_checkpoint(ckpt, sizes: OriginalSizes = FULL, seed: int = 0) -> Dict[str, int]:
+    """Turns a checkpoint tree in the original's layout (e.g. the narrow reference fixture read by
+    :func:`load_tree`) into one of ``sizes``, in place, with random weights (He-normal weights,
+    biases N(0, 0.05)) and zero gradients, generated while writing.
+
+    Every parameter keeps its place: tensors that shared one flat storage (``getParameters()``:
+    all of ``conv_net2``; the RPN, recognition network and language model) share a new flat
+    storage with the offsets recomputed in the same order, and so do their gradients; the rest
+    (``conv_net1``) get storages of their own. Returns the element counts of the storages."""
+    plan = _param_shapes(ckpt, sizes)
+    # the parameter tensors and their gradients, with the shapes and init they get
+    entries = []  # (tensor, new shape, std, mean)
+    for m, w_shape, b_shape, std in plan:
+        entries.append((m["weight"], w_shape, std, 0.0, False))
+        entries.append((m["gradWeight"], w_shape, 0.0, 0.0, True))
+        if b_shape is not None:
+            entries.append((m["bias"], b_shape, 0.05, 0.0, False))
+            entries.append((m["gradBias"], b_shape, 0.0, 0.0, True))
+    groups: Dict[int, List] = {}
+    for e in entries:
+        t = e[0]
+        if not isinstance(t, T7Tensor) or t.storage is None:
+            raise ValueError("a parameter of the original model without storage")
+        groups.setdefault(id(t.storage), []).append(e)
+    planned = {id(e[0]) for e in entries}
+    for t in _all_tensors(ckpt):  # nothing else may view a parameter storage
+        if t.storage is not None and id(t.storage) in groups and id(t) not in planned:
+            raise ValueError(f"a {t.class_name} outside the parameters views a parameter storage")
+    counts = {"flat_storages": 0, "flat_elements": 0, "separate_elements": 0, "parameters": 0}
+    for k, es in enumerate(groups.values()):
+        es.sort(key=lambda e: e[0].offset)
+        old = es[0][0].storage
+        pos, segments = 0, []
+        for t, shape, std, mean, _ in es:
+            if t.offset != pos or not t.numel:
+                raise ValueError(f"{old.class_name} of {old.size} elements is not a packed parameter storage")
+            pos += t.numel
+        if pos != old.size:
+            raise ValueError(f"{old.class_name} of {old.size} elements holds {pos} parameter elements")
+        new = T7Storage(np.float32, 0)
+        pos = 0
+        for t, shape, std, mean, is_grad in es:
+            n = int(np.prod(shape))
+            if std:
+                segments.append((pos, pos + n, std, mean))
+            t.set_contiguous(new, pos, shape)
+            pos += n
+        new.size = pos
+        if segments:
+            new.fill = _normal_fill(segments, seed * 1000 + k)
+        if len(es) > 1:
+            counts["flat_storages"] += 1
+            counts["flat_elements"] += pos
+        else:
+            counts["separate_elements"] += pos
+        if not es[0][4]:
+            counts["parameters"] += pos
+    return counts
+
+
+def write_original_checkpoint(
+    path: str, sizes: OriginalSizes = FULL, *, template: Optional[str] = None, seed: int = 0
+) -> Dict[str, int]:
+    """Writes a random-weight DenseCap checkpoint in the original's layout (the tree of the narrow
+    reference checkpoint ``template`` written by the original Lua code, resized to ``sizes``) to
+    ``path``, streaming: the big storages are generated block by block while writing. Returns the
+    element counts (:func:`resize_checkpoint`) and ``bytes``."""
+    tree = load_tree(template or reference_checkpoint())
+    counts = resize_checkpoint(tree, sizes, seed)
+    counts["bytes"] = save(tree, path)
+    return counts
+
+
+def reference_checkpoint() -> str:
+    """The narrow checkpoint written by the original Lua code: the repository's copy of the test
+    fixture, else the reference folder beside the repository."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for p in (
+        os.path.join(root, "tests", "fixtures", "torch7", "narrow_seed1", "checkpoint.t7"),
+        os.path.join(root, "..", "shared", "reference", "torch7", "narrow_seed1", "checkpoint.t7"),
+    ):
+        if os.path.isfile(p):
+            return os.path.normpath(p)
+    raise FileNotFoundError(
+        "the narrow reference checkpoint (torch7/narrow_seed1/checkpoint.t7) is neither in "
+        "tests/fixtures/ nor in ../shared/reference/; pass its path as the template")
