@@ -162,3 +162,27 @@ def test_a_tree_that_is_not_the_original_fails_naming_the_part():
     W.get(rnn, "modules")[1].typename = "nn.GRU"
     with pytest.raises(ValueError, match=r"language_model.rnn\[1\]: expected nn.LSTM, found nn.GRU"):
         W.resize_checkpoint(tree, W.NARROW)
+
+
+def test_a_written_checkpoint_converts(tmp_path):
+    """What the benchmark converts at full size, at the narrow size: the converter reads the tree
+    the writer produces and maps every weight (values compared with the file's)."""
+    from densecap.modeling.original import convert_torch7_checkpoint
+
+    out = str(tmp_path / "narrow.t7")
+    W.write_original_checkpoint(out, W.NARROW, template=FIXTURE, seed=5)
+    pth = str(tmp_path / "narrow.pth")
+    ckpt = convert_torch7_checkpoint(out, pth)
+    assert (tmp_path / "narrow.pth").stat().st_size > 4 * 702100  # the weights (no gradients)
+    sd = ckpt["model"]
+    n = sum(int(v.numel()) for v in sd.values() if v.is_floating_point())
+    assert n >= 702100  # every parameter of the file (the converter may add rows and biases)
+    got = _read(out)
+    nets = got[b"model"][b"nets"]
+    fc6 = nets[b"recog_base"][b"modules"][2][b"weight"]
+    (match,) = [k for k, v in sd.items() if tuple(v.shape) == fc6.shape]
+    assert np.array_equal(sd[match].numpy(), fc6)
+    conv = _f(nets[b"conv_net2"][b"modules"][19], b"weight")  # conv5_3
+    assert any(tuple(v.shape) == conv.shape and np.array_equal(v.numpy(), conv) for v in sd.values())
+    assert ckpt["source"]["original"]["vocab_size"] == 30 and ckpt["source"]["original"]["seq_length"] == 10
+    assert ckpt["source"]["original"]["conv_widths"] in ([8, 16, 32, 64, 64], (8, 16, 32, 64, 64))
