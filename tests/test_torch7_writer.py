@@ -186,3 +186,4 @@ def test_a_written_checkpoint_converts(tmp_path):
     assert any(tuple(v.shape) == conv.shape and np.array_equal(v.numpy(), conv) for v in sd.values())
     assert ckpt["source"]["original"]["vocab_size"] == 30 and ckpt["source"]["original"]["seq_length"] == 10
     assert ckpt["source"]["original"]["conv_widths"] in ([8, 16, 32, 64, 64], (8, 16, 32, 64, 64))
+

@@ -41,10 +41,17 @@ def is_original(config_file: str) -> bool:
 
 
 def build_floor() -> nn.Module:
-    """torchvision's VGG-16 conv1_1 .. relu5_3 (``features[:30]``; index 30 is pool5), random init."""
-    from torchvision.models import vgg16
+    """torchvision's VGG-16 conv1_1 .. relu5_3: ``vgg16().features[:30]`` (index 30 is pool5), built
+    by the same ``make_layers`` and initialised as ``VGG`` initialises its convolutions, without
+    the 124 M-parameter classifier ``vgg16()`` would also build and initialise."""
+    from torchvision.models.vgg import cfgs, make_layers
 
-    return vgg16(weights=None).features[:30].eval()
+    features = make_layers(cfgs["D"], batch_norm=False)[:30]
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    return features.eval()
 
 
 class StageTimer:
@@ -60,7 +67,10 @@ class StageTimer:
         self._nms_calls = 0
 
         def wrap(owner, name, label):
-            fn = getattr(owner, name)
+            fn = getattr(owner, name, None)
+            if fn is None:  # a part the model does not have (any more): its time goes to "other"
+                logger.warning("profile: %s has no %s; not timed separately", type(owner).__name__, name)
+                return
             had_own = name in vars(owner)
 
             @functools.wraps(fn)
@@ -84,10 +94,10 @@ class StageTimer:
         wrap(ops, "bilinear_roi_pooling", "bilinear_sampler")
         wrap(model, "_greedy_original", "greedy_lstm (all proposals)")
         wrap(model.caption_head, "score", "caption_logprobs (kept boxes)")
-        rec = model.roi_heads.recognition
+        rec = getattr(model.roi_heads, "recognition", None)
         for name in ("fc6", "fc7"):
-            m = getattr(rec, name)
-            wrap(m, "forward", name)
+            if getattr(rec, name, None) is not None:
+                wrap(getattr(rec, name), "forward", name)
 
     def undo(self) -> None:
         for u in reversed(self._undo):
