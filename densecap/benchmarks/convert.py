@@ -3,7 +3,7 @@ checkpoint (Torch7, about 1.2 GB like the published ``densecap-pretrained-vgg16.
 project checkpoint, against the targets (peak RSS <= 3 GB and <= 2.5x the file size).
 
     python tools/benchmark.py convert [--json FILE] [--input X.t7] [--workdir DIR] [--keep]
-        [--seed 0] [--no-breakdown]
+        [--seed 0] [--template NARROW.t7] [--no-breakdown]
 
 Without ``--input`` the benchmark writes the checkpoint itself (:mod:`densecap.benchmarks.torch7_writer`):
 the object tree of the narrow checkpoint written by the original Lua code, resized to the
@@ -55,6 +55,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", default="", help="folder for the files (default: a new temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the written .t7 and the converted .pth")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--template", default="",
+                        help="the narrow checkpoint written by the original Lua code whose tree is resized "
+                             "(default: tests/fixtures/torch7/narrow_seed1/checkpoint.t7, else the reference folder)")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the import-only and read-only children")
 
@@ -104,7 +107,7 @@ def run(args) -> Dict:
                 raise RuntimeError(f"{workdir}: {free / 1e9:.2f} GB free, the benchmark needs "
                                    f"{FREE_BYTES_NEEDED / 1e9:.1f} GB (pass --workdir)")
             t = time.perf_counter()
-            counts = W.write_original_checkpoint(t7, W.FULL, seed=args.seed)
+            counts = W.write_original_checkpoint(t7, W.FULL, template=args.template or None, seed=args.seed)
             figures["write_seconds"] = time.perf_counter() - t
             figures["written_parameters"] = counts["parameters"]
             figures["written_flat_storage_elements"] = counts["flat_elements"]
