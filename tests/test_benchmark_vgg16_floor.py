@@ -52,9 +52,10 @@ def test_the_stage_timer_times_every_stage_and_changes_nothing():
     with torch.no_grad():
         got = model(batch)[0]["instances"]
     timer.undo()
-    assert set(timer.seconds) == {"backbone (VGG-16 conv1_1..relu5_3)", "rpn_head", "rpn_nms", "final_nms",
-                                  "bilinear_sampler", "fc6", "fc7", "greedy_lstm",
-                                  "caption_logprobs (kept boxes)"}
+    core = {"backbone (VGG-16 conv1_1..relu5_3)", "rpn_head", "rpn_nms", "final_nms", "bilinear_sampler", "fc6",
+            "fc7", "greedy_lstm"}
+    # a separate scoring pass of the kept captions is timed too when the model makes one
+    assert core <= set(timer.seconds) <= core | {"caption_logprobs (kept boxes)"}
     assert all(v > 0 for v in timer.seconds.values())
     assert 0 < timer.counts["proposals"] <= 40 and 0 < timer.counts["captioned_regions"] <= timer.counts["proposals"]
     assert torch.equal(ref.pred_boxes, got.pred_boxes) and ref.pred_captions == got.pred_captions
