@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import List
 
-TASKS = ("prepare", "eval", "train", "infer", "retrieve", "serve")
+TASKS = ("prepare", "eval", "train", "infer", "retrieve", "serve", "convert")
 
 
 def main(argv: List[str]) -> int:

@@ -25,6 +25,11 @@ includes the load.
 
 Headline ``ratio`` = median DenseCap seconds per image / median detector seconds per image
 (target <= 1.25).
+
+The original architecture (``--config-file configs/densecap_vgg16_original.yaml``, or any config
+with ``MODEL.META_ARCHITECTURE "DenseCapOriginal"``) is measured against its own compute floor
+instead, torchvision's VGG-16 feature extractor alone on the same image (``--peer vgg16-floor``,
+chosen automatically for that config; target <= 1.6): see :mod:`densecap.benchmarks._vgg16_floor`.
 """
 from __future__ import annotations
 
@@ -45,9 +50,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--detections", type=int, default=100,
                         help="boxes captioned per image at most (TEST.DETECTIONS_PER_IMAGE; 0 = all)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP counts and the floor")
+    parser.add_argument("--peer", choices=("auto", "fasterrcnn", "vgg16-floor"), default="auto",
+                        help="what the model is timed against (auto: vgg16-floor for the original "
+                             "architecture's config, torchvision's Faster R-CNN otherwise)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="vgg16-floor: skip the per-stage profile of one pass")
 
 
 def run(args) -> Dict:
+    from . import _vgg16_floor
+
+    peer = args.peer
+    if peer == "auto":
+        peer = "vgg16-floor" if _vgg16_floor.is_original(args.config_file) else "fasterrcnn"
+    if peer == "vgg16-floor":
+        return _vgg16_floor.run(args)
     threads, load_before, images = C.start_run(args)
     n = len(images)
     H, W = images[0].shape[:2]
