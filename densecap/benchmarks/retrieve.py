@@ -60,6 +60,23 @@ def add_arguments(parser) -> None:
                         help="torch threads (1: robust on a shared 2-core machine; 0 = torch's default)")
 
 
+def clustered_embeddings(n: int, dim: int, *, clusters: int, seed: int = 0, noise: float = 1.0, noise_seed=None,
+                         start: int = 0) -> np.ndarray:
+    """float32 (n, dim) synthetic joint embeddings, L2-normalised: ``clusters`` random unit "concepts"
+    (drawn from ``seed``), each vector its concept plus isotropic Gaussian noise of norm ~``noise``
+    (cosine to its concept ~0.7 at noise 1), i.e. regions whose captions say nearly the same thing
+    lie together, as they do in a trained joint embedding. Vector i uses concept
+    ``hash(start + i) % clusters``; ``noise_seed`` (default: from ``seed`` and ``start``) draws the
+    noise, so queries are new vectors of the same concepts."""
+    centers = np.random.default_rng(seed).standard_normal((clusters, dim), dtype=np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    rng = np.random.default_rng(noise_seed if noise_seed is not None else [seed, start, 1])
+    assign = (np.arange(start, start + n, dtype=np.int64) * 2654435761) % clusters
+    x = centers[assign] + rng.standard_normal((n, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
 def _vocab(n: int):
     from densecap.data.tokenizer import Vocabulary
 

@@ -230,6 +230,7 @@ class RegionIndex:
         self.shards: List[Shard] = [_load_shard(self.root, s["name"], self.embed_dim) for s in manifest["shards"]]
         self._offsets = np.cumsum([0] + [s.num_regions for s in self.shards]).astype(np.int64)
         self._lock_fd: Optional[int] = None
+        self._ann = None  # the FAISS fast stage, opened (memory-mapped) on first use
 
     # ---- opening -----------------------------------------------------------------------------
     @staticmethod
@@ -305,6 +306,23 @@ class RegionIndex:
     @property
     def checkpoint(self) -> Dict[str, Any]:
         return self.manifest["checkpoint"]
+
+    @property
+    def ann_params(self) -> Dict[str, Any]:
+        """``manifest["ann"]``: the fast stage's type and parameters (``{}``: exact scan of the
+        embeddings, as for an index built before FAISS support); see :mod:`densecap.retrieval.ann`."""
+        return dict(self.manifest.get("ann") or {})
+
+    def ann(self):
+        """The FAISS fast stage (:class:`densecap.retrieval.ann.AnnIndex`), memory-mapped; None when flat."""
+        params = self.manifest.get("ann") or {}
+        if params.get("type", "flat") == "flat":
+            return None
+        if self._ann is None:
+            from .ann import open_ann
+
+            self._ann = open_ann(self.root, params, mmap=True)
+        return self._ann
 
     def done_paths(self) -> set:
         return {im["path"] for s in self.shards for im in s.images}
@@ -606,6 +624,10 @@ def index_images(
             index.add_shard(pending)
             added += len(pending)
         bar.close()
+        if index.ann_params:  # append the new regions to the fast stage's lists (no retraining)
+            from .ann import update_ann
+
+            update_ann(index)
     return {
         "index": os.path.abspath(index_dir),
         "added_images": added,
