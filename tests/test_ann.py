@@ -58,9 +58,9 @@ def _exact_top(vecs, q, k):
 def test_choose_params_by_size():
     assert ann.choose_params(50_000, 256)["type"] == "flat"
     p = ann.choose_params(1_000_000, 256)
-    assert (p["type"], p["factory"], p["nlist"], p["nprobe"]) == ("ivf_flat", "IVF4096,Flat", 4096, 128)
+    assert (p["type"], p["factory"], p["nlist"], p["nprobe"]) == ("ivf_flat", "IVF1024,Flat", 1024, 32)
     p = ann.choose_params(50_000_000, 256)
-    assert (p["type"], p["factory"], p["pq_m"]) == ("ivf_pq", "IVF32768,PQ32", 32)
+    assert (p["type"], p["factory"], p["pq_m"]) == ("ivf_pq", "IVF8192,PQ32", 32)
     with pytest.raises(ValueError, match="must be one of"):
         ann.choose_params(10, 8, kind="hnsw")
 

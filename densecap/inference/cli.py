@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--score-thresh", type=float, default=None, help="drop boxes scoring below (TEST.SCORE_THRESH, 0)")
     g.add_argument("--batch-size", type=int, default=1, help="images per forward pass (results do not depend on it)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--shard-images", type=int, default=64,
+                   help="under torchrun: images per shard, the unit of work a rerun redoes (see inference/sharded.py)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
 
@@ -391,6 +393,12 @@ def check_args(args) -> None:
 
 def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
     """Run inference as the command line describes; returns the summary figures."""
+    from densecap.utils.comm import env_world_size
+
+    if env_world_size() > 1:  # under torchrun: this rank's shards, then a merge (see sharded.py)
+        from .sharded import run_sharded
+
+        return run_sharded(args, predictor)
     check_args(args)
     boxes = load_boxes_file(args.boxes) if args.boxes else None
     inputs = collect_inputs(args.input, recursive=args.recursive)

@@ -60,7 +60,7 @@ def _faiss():
 def choose_params(n: int, dim: int, *, kind: str = "auto", nlist: int = 0, nprobe: int = 0, pq_m: int = 0) -> Dict[str, Any]:
     """The index type and its parameters for ``n`` regions of ``dim``-d embeddings.
 
-    ``nlist`` defaults to ~4 sqrt(n) rounded to a power of two (at least 16), ``nprobe`` to
+    ``nlist`` defaults to ~sqrt(n) rounded to a power of two (at least 16), ``nprobe`` to
     nlist / 32, ``pq_m`` to dim / 8 (bytes a region; a divisor of dim)."""
     if kind not in KINDS:
         raise ValueError(f"ANN index type must be one of {KINDS}, got {kind!r}")
@@ -70,7 +70,7 @@ def choose_params(n: int, dim: int, *, kind: str = "auto", nlist: int = 0, nprob
     if kind == "flat":
         return dict(p, factory="Flat", nlist=0, nprobe=0, pq_m=0)
     if not nlist:
-        nlist = max(16, 1 << int(round(np.log2(max(1.0, 4 * np.sqrt(max(n, 1)))))))
+        nlist = max(16, 1 << int(round(np.log2(max(1.0, np.sqrt(max(n, 1)))))))
     nlist = int(nlist)
     if not nprobe:
         nprobe = max(1, int(round(nlist * DEFAULT_PROBE_FRACTION)))
