@@ -58,7 +58,7 @@ def _exact_top(vecs, q, k):
 def test_choose_params_by_size():
     assert ann.choose_params(50_000, 256)["type"] == "flat"
     p = ann.choose_params(1_000_000, 256)
-    assert (p["type"], p["factory"], p["nlist"], p["nprobe"]) == ("ivf_flat", "IVF1024,Flat", 1024, 32)
+    assert (p["type"], p["factory"], p["nlist"], p["nprobe"]) == ("ivf_flat", "IVF1024,Flat", 1024, 256)
     p = ann.choose_params(50_000_000, 256)
     assert (p["type"], p["factory"], p["pq_m"]) == ("ivf_pq", "IVF8192,PQ32", 32)
     with pytest.raises(ValueError, match="must be one of"):

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import List
 
-TASKS = ("prepare", "eval", "train", "infer", "retrieve")
+TASKS = ("prepare", "eval", "train", "infer", "retrieve", "export")
 
 
 def main(argv: List[str]) -> int:

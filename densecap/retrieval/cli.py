@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--type", default="auto", choices=("auto", "flat", "ivf_flat", "ivf_pq"),
                    help="auto: flat below 200k regions, IVF-Flat below 5M, IVF-PQ above")
     q.add_argument("--nlist", type=int, default=0, help="inverted lists (0: ~sqrt(N), a power of two)")
-    q.add_argument("--nprobe", type=int, default=0, help="lists scanned per query (0: nlist / 32)")
+    q.add_argument("--nprobe", type=int, default=0, help="lists scanned per query (0: nlist / 4)")
     q.add_argument("--pq-m", type=int, default=0, help="IVF-PQ bytes per region (0: embedding size / 8)")
     q.add_argument("--train-size", type=int, default=0, help="regions the quantizer is trained on (0: 64 per list)")
     q.add_argument("--update", action="store_true", help="only add regions appended since the last build (no retraining)")
