@@ -45,9 +45,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--detections", type=int, default=100,
                         help="boxes captioned per image at most (TEST.DETECTIONS_PER_IMAGE; 0 = all)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP counts and the floor")
+    parser.add_argument("--folder", type=int, default=0,
+                        help="instead: tools/infer.py folder throughput on this many images, pipelined vs sequential "
+                             "(see densecap/benchmarks/folder.py)")
+    parser.add_argument("--folder-workers", type=int, default=2)
+    parser.add_argument("--folder-size", type=int, default=320, help="folder images' width (height 3/4 of it)")
 
 
 def run(args) -> Dict:
+    if args.folder:
+        from .folder import run_folder
+
+        return run_folder(args)
     threads, load_before, images = C.start_run(args)
     n = len(images)
     H, W = images[0].shape[:2]
