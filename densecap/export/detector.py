@@ -22,6 +22,7 @@ from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.ops import batched_nms, nms
 
 from densecap.structures import apply_deltas
@@ -37,6 +38,41 @@ def _clip(boxes: Tensor, hw: Tensor) -> Tensor:
     x2 = torch.minimum(torch.maximum(boxes[:, 2], zero), hw[1])
     y2 = torch.minimum(torch.maximum(boxes[:, 3], zero), hw[0])
     return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def _sample_level(feat: Tensor, boxes: Tensor, stride: int, size: int, sampler: str, ratio: int) -> Tensor:
+    """(K, C, S, S) features of boxes (K, 4) xyxy input pixels from one level (1, C, h, w), as
+    :class:`~densecap.modeling.poolers.ROIPooler` samples them, with no shape read as a Python int
+    (those would become constants of the traced graph)."""
+    from densecap.modeling.poolers import _box_grid
+
+    if sampler == "roi_align":
+        from torchvision.ops import roi_align
+
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)  # K 5
+        return roi_align(feat, rois, output_size=size, spatial_scale=1.0 / stride, sampling_ratio=ratio, aligned=True)
+    C, H, W = feat.shape[1], feat.shape[2], feat.shape[3]
+    grid = _box_grid(boxes.to(feat.dtype), size, stride, H, W).reshape(1, -1, size, 2)  # 1 KS S 2
+    out = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # 1 C KS S
+    return out.reshape(C, -1, size, size).transpose(0, 1)  # K C S S
+
+
+def _pool(pooler, features: List[Tensor], boxes: Tensor) -> Tensor:
+    """ROIPooler.forward for one image's boxes (K, 4), traceable with K unknown."""
+    from densecap.modeling.poolers import assign_boxes_to_levels
+
+    S, sampler, ratio = pooler.output_size, pooler.sampler, pooler.sampling_ratio
+    if len(features) == 1:
+        return _sample_level(features[0], boxes, pooler.strides[0], S, sampler, ratio)
+    levels = assign_boxes_to_levels(boxes, pooler.min_level, pooler.max_level, pooler.canonical_size,
+                                    pooler.canonical_level)  # K
+    pooled, order = [], []
+    for lvl, (feat, stride) in enumerate(zip(features, pooler.strides)):
+        sel = torch.nonzero(levels == lvl).flatten()  # k
+        pooled.append(_sample_level(feat, boxes[sel], stride, S, sampler, ratio))
+        order.append(sel)
+    inverse = torch.argsort(torch.cat(order))  # position of box i among the concatenated levels
+    return torch.cat(pooled)[inverse]
 
 
 class RegionDetector(nn.Module):
@@ -80,7 +116,9 @@ class RegionDetector(nn.Module):
             keep = keep[: rpn.post_nms_topk]
         proposals = boxes[keep]  # K 4
         heads = self.roi_heads
-        codes, obj, box_deltas = heads._recognize(features, [proposals])  # K D, K, K 4
+        pooled = _pool(heads.pooler, [features[f] for f in heads.in_features], proposals)  # K C S S
+        codes = heads.recognition(pooled)  # K D
+        obj, box_deltas = heads.objectness(codes).squeeze(1), heads.box_deltas(codes)  # K, K 4
         probs = torch.sigmoid(obj)
         refined = _clip(apply_deltas(proposals, box_deltas), image_hw)
         sel = torch.nonzero((refined[:, 2] > refined[:, 0]) & (refined[:, 3] > refined[:, 1])
