@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from densecap.data.image_io import ImageReadError, read_image
+from densecap.data.image_io import ImageReadError
 
 from .inputs import (
     InputItem,

@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from densecap.data.image_io import ImageReadError, read_image
 from densecap.utils import comm
