@@ -3,7 +3,7 @@
 
     python tools/benchmark.py TASK [--json FILE] [task options]
 
-Tasks: prepare, eval, train, infer, retrieve, serve, convert (see ``densecap/benchmarks/<task>.py``).
+Tasks: prepare, eval, train, infer, retrieve, serve, convert, export (see ``densecap/benchmarks/<task>.py``).
 ``--json FILE`` writes the figures with the headline one under ``ratio``, ``seconds`` or
 ``peak_rss_gb``.
 """

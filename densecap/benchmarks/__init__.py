@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import List
 
-TASKS = ("prepare", "eval", "train", "infer", "retrieve", "serve", "convert")
+TASKS = ("prepare", "eval", "train", "infer", "retrieve", "serve", "convert", "export")
 
 
 def main(argv: List[str]) -> int:

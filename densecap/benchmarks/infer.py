@@ -55,9 +55,18 @@ def add_arguments(parser) -> None:
                              "architecture's config, torchvision's Faster R-CNN otherwise)")
     parser.add_argument("--no-profile", action="store_true",
                         help="vgg16-floor: skip the per-stage profile of one pass")
+    parser.add_argument("--folder", type=int, default=0,
+                        help="instead: tools/infer.py folder throughput on this many images, pipelined vs sequential "
+                             "(see densecap/benchmarks/folder.py)")
+    parser.add_argument("--folder-workers", type=int, default=2)
+    parser.add_argument("--folder-size", type=int, default=320, help="folder images' width (height 3/4 of it)")
 
 
 def run(args) -> Dict:
+    if args.folder:
+        from .folder import run_folder
+
+        return run_folder(args)
     from . import _vgg16_floor
 
     peer = args.peer

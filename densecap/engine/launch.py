@@ -31,16 +31,9 @@ def default_backend() -> str:
 
 def init_distributed_from_env() -> bool:
     """Join the process group torchrun describes in the environment; False if there is none."""
-    if dist.is_initialized():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    backend = default_backend()
-    dist.init_process_group(backend=backend)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    logger.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
-    return True
+    from densecap.utils.comm import init_from_env
+
+    return init_from_env()
 
 
 def _worker(local_rank: int, world_size: int, port: int, fn: Callable, args: Tuple[Any, ...]) -> None:

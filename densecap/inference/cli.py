@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--score-thresh", type=float, default=None, help="drop boxes scoring below (TEST.SCORE_THRESH, 0)")
     g.add_argument("--batch-size", type=int, default=1, help="images per forward pass (results do not depend on it)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--workers", type=int, default=2,
+                   help="threads decoding the next images while the model runs, plus one writing results "
+                        "(0 = one image after the other; outputs are the same)")
+    g.add_argument("--shard-images", type=int, default=64,
+                   help="under torchrun: images per shard, the unit of work a rerun redoes (see inference/sharded.py)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
 
@@ -392,6 +397,12 @@ def check_args(args) -> None:
 
 def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
     """Run inference as the command line describes; returns the summary figures."""
+    from densecap.utils.comm import env_world_size
+
+    if env_world_size() > 1:  # under torchrun: this rank's shards, then a merge (see sharded.py)
+        from .sharded import run_sharded
+
+        return run_sharded(args, predictor)
     check_args(args)
     boxes = load_boxes_file(args.boxes) if args.boxes else None
     inputs = collect_inputs(args.input, recursive=args.recursive)
@@ -444,37 +455,53 @@ def run(args, predictor: Optional[DenseCapPredictor] = None) -> Dict[str, Any]:
     last_save = t0
     bar = tqdm(total=total, unit="img", desc="infer", file=sys.stderr, dynamic_ncols=True,
                disable=args.no_progress, mininterval=0.5)
+    from .pipeline import OrderedSink, prefetch
+
+    workers = max(0, int(getattr(args, "workers", 0) or 0))
+    counts = {"done": 0}
+
+    def write_one(it, img, pred) -> None:  # in the writer thread when workers > 0 (no live window)
+        try:
+            outputs.add(it, img, pred)
+            counts["done"] += 1
+        except (OSError, ValueError) as e:  # e.g. disk full for one overlay: report, keep going
+            report(it.display_path, f"cannot write outputs ({e})")
+        bar.update(1)
+
+    def save_now() -> None:
+        writer.write()
+
+    sink = OrderedSink(enabled=workers > 0 and outputs.window is None, depth=2 * max(1, args.batch_size) + 2)
     try:
-        for batch in _batches(_items(image_items, videos, args, report), args.batch_size):
+        stream = _items(image_items, videos, args, lambda p, r: sink.submit(p, report, p, r))
+        for batch in _batches(prefetch(stream, workers, depth=2 * args.batch_size + workers, read=predictor.read), args.batch_size):
             imgs, items, given = [], [], []
-            for it in batch:
-                try:
-                    img = it.image if it.image is not None else predictor.read(it.path)
-                except ImageReadError as e:
-                    report(it.path, e.reason)
-                    bar.update(1)
+            for it, img in batch:
+                if isinstance(img, ImageReadError):
+                    sink.submit(it, report, it.path, img.reason)
+                    sink.submit(it, bar.update, 1)
                     continue
                 imgs.append(img)
                 items.append(it)
                 given.append(lookup.get(it) if lookup is not None else None)
-            preds = _predict_isolating_failures(predictor, imgs, items, given, report)
+            preds = _predict_isolating_failures(predictor, imgs, items, given,
+                                                lambda path, reason: sink.submit(path, report, path, reason))
             for it, img, pred in zip(items, imgs, preds):
                 if pred is not None:
-                    try:
-                        outputs.add(it, img, pred)
-                        done += 1
-                    except (OSError, ValueError) as e:  # e.g. disk full for one overlay: report, keep going
-                        report(it.display_path, f"cannot write outputs ({e})")
-                bar.update(1)
+                    sink.submit(it, write_one, it, img, pred)
+                else:
+                    sink.submit(it, bar.update, 1)
             if outputs.window is not None and outputs.window.closed:
                 break
             if time.perf_counter() - last_save > 60:  # long runs: results so far are on disk
-                writer.write()
+                sink.submit(None, save_now)
                 last_save = time.perf_counter()
     except KeyboardInterrupt:
         interrupted = True
         bar.write("interrupted: writing the results so far", file=sys.stderr)
     finally:
+        sink.close()
+        done = counts["done"]
         bar.close()
         if outputs.window is not None:
             outputs.window.close()

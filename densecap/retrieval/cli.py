@@ -2,6 +2,8 @@
 
     tools/retrieve.py index --weights CKPT [--config-file CFG] --input DIR_OR_GLOB [...] --index INDEX_DIR
     tools/retrieve.py compact --index INDEX_DIR           (merge shards; optional)
+    tools/retrieve.py ann --index INDEX_DIR [--type auto|flat|ivf_flat|ivf_pq] [--nlist L] [--nprobe P]
+                                            (FAISS fast stage for large collections; see retrieval/ann.py)
     tools/retrieve.py query --index INDEX_DIR --query "a red circle" [--topk 20] [--mode exact|fast]
                             [--output DIR] [--json FILE]
     tools/retrieve.py query --index INDEX_DIR --query-image IMG --query-box x,y,w,h [--topk 20]
@@ -65,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("compact", help="merge an index's shards into one (faster to open and search)")
     q.add_argument("--index", required=True, metavar="INDEX_DIR")
 
+    q = sub.add_parser("ann", help="build the FAISS fast stage of an index (or add the regions appended since)")
+    q.add_argument("--index", required=True, metavar="INDEX_DIR")
+    q.add_argument("--type", default="auto", choices=("auto", "flat", "ivf_flat", "ivf_pq"),
+                   help="auto: flat below 200k regions, IVF-Flat below 5M, IVF-PQ above")
+    q.add_argument("--nlist", type=int, default=0, help="inverted lists (0: ~sqrt(N), a power of two)")
+    q.add_argument("--nprobe", type=int, default=0, help="lists scanned per query (0: nlist / 4)")
+    q.add_argument("--pq-m", type=int, default=0, help="IVF-PQ bytes per region (0: embedding size / 8)")
+    q.add_argument("--train-size", type=int, default=0, help="regions the quantizer is trained on (0: 64 per list)")
+    q.add_argument("--update", action="store_true", help="only add regions appended since the last build (no retraining)")
+
     q = sub.add_parser("query", help="search an index by text or by an image region")
     q.add_argument("--index", required=True, metavar="INDEX_DIR")
     q.add_argument("--query", default=None, help="text query")
@@ -73,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--topk", type=int, default=20)
     q.add_argument("--mode", choices=("exact", "fast"), default="exact")
     q.add_argument("--candidates", type=int, default=1000, help="fast mode: regions re-ranked exactly")
+    q.add_argument("--nprobe", type=int, default=0, help="fast mode with a FAISS stage: lists scanned (0: the index's)")
     q.add_argument("--output", default="", metavar="DIR", help="write a contact sheet of the hits here")
     q.add_argument("--json", default="", metavar="FILE", help="write the hits as JSON")
     q.add_argument("--weights", default=None, metavar="CKPT", help="the index's checkpoint, if it moved")
@@ -178,7 +191,8 @@ def cmd_query(args) -> int:
     rmodel = _load_model(weights, "", args.device, index.manifest.get("options", {}).get("image_size") or None,
                          known=index.checkpoint)
     if args.query is not None:
-        res = search_text(index, rmodel, args.query, topk=args.topk, mode=args.mode, candidates=args.candidates)
+        res = search_text(index, rmodel, args.query, topk=args.topk, mode=args.mode, candidates=args.candidates,
+                          nprobe=args.nprobe)
     else:
         res = search_by_region(index, rmodel, args.query_image, args.query_box, topk=args.topk)
     print_result(res)
@@ -233,6 +247,28 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_ann(args) -> int:
+    from .ann import build_ann, update_ann
+    from .index import RegionIndex
+
+    index = RegionIndex.open(args.index)
+    with index:
+        index.lock()
+        if args.update:
+            added = update_ann(index)
+            p = index.ann_params
+            if not p:
+                print(f"index {index.root} has no fast stage yet; run without --update", file=sys.stderr)
+                return 1
+            print(f"index {index.root}: added {added} region(s) to the {p['type']} fast stage ({p['count']} regions)")
+            return 0
+        p = build_ann(index, kind=args.type, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+                      train_size=args.train_size)
+    print(f"index {index.root}: fast stage {p['type']} ({p['factory']}, nprobe {p['nprobe']}) over {p['count']} "
+          f"regions in {p['build_seconds']:.1f} s")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .index import RegionIndexError
 
@@ -240,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _setup_logging(args.verbose)
     try:
         return {"index": cmd_index, "query": cmd_query, "eval": cmd_eval,
-                "train-embedding": cmd_train_embedding, "compact": cmd_compact}[args.command](args)
+                "train-embedding": cmd_train_embedding, "compact": cmd_compact, "ann": cmd_ann}[args.command](args)
     except (RegionIndexError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -230,6 +230,7 @@ class RegionIndex:
         self.shards: List[Shard] = [_load_shard(self.root, s["name"], self.embed_dim) for s in manifest["shards"]]
         self._offsets = np.cumsum([0] + [s.num_regions for s in self.shards]).astype(np.int64)
         self._lock_fd: Optional[int] = None
+        self._ann = None  # the FAISS fast stage, opened (memory-mapped) on first use
 
     # ---- opening -----------------------------------------------------------------------------
     @staticmethod
@@ -305,6 +306,23 @@ class RegionIndex:
     @property
     def checkpoint(self) -> Dict[str, Any]:
         return self.manifest["checkpoint"]
+
+    @property
+    def ann_params(self) -> Dict[str, Any]:
+        """``manifest["ann"]``: the fast stage's type and parameters (``{}``: exact scan of the
+        embeddings, as for an index built before FAISS support); see :mod:`densecap.retrieval.ann`."""
+        return dict(self.manifest.get("ann") or {})
+
+    def ann(self):
+        """The FAISS fast stage (:class:`densecap.retrieval.ann.AnnIndex`), memory-mapped; None when flat."""
+        params = self.manifest.get("ann") or {}
+        if params.get("type", "flat") == "flat":
+            return None
+        if self._ann is None:
+            from .ann import open_ann
+
+            self._ann = open_ann(self.root, params, mmap=True)
+        return self._ann
 
     def done_paths(self) -> set:
         return {im["path"] for s in self.shards for im in s.images}
@@ -452,6 +470,47 @@ class RegionIndex:
         self._offsets = np.append(self._offsets, self._offsets[-1] + n)
         return name
 
+    def adopt(self, part: "RegionIndex") -> int:
+        """Append every shard of another index (``part``, same checkpoint and sizes) to this one, in
+        its order, with one manifest update (crash-safe like :meth:`add_shard`: files are hard-linked,
+        or copied across filesystems, into new shard folders, then listed). Returns the images added."""
+        if self._lock_fd is None:
+            raise RegionIndexError("adopt needs the writer lock: call index.lock() first")
+        part.verify(self.checkpoint)
+        if (part.region_dim, part.embed_dim, part.manifest["codes_dtype"]) != (self.region_dim, self.embed_dim,
+                                                                             self.manifest["codes_dtype"]):
+            raise RegionIndexError(f"{part.root}: region/embedding sizes or codes dtype differ from {self.root}")
+        entries, seq = [], None
+        for sh_meta, sh in zip(part.manifest["shards"], part.shards):
+            seq, name = self._next_name() if seq is None else (seq + 1, f"shard_{seq + 1:06d}")
+
+            def write(tmp: str, src: str = sh.root) -> int:
+                os.makedirs(tmp)
+                for fname in sorted(os.listdir(src)):
+                    try:
+                        os.link(os.path.join(src, fname), os.path.join(tmp, fname))
+                    except OSError:
+                        shutil.copy2(os.path.join(src, fname), os.path.join(tmp, fname))
+                _fsync_dir(tmp)
+                return sh.num_regions
+
+            self._publish(name, write)
+            entries.append({"name": name, "num_images": int(sh_meta["num_images"]), "num_regions": sh.num_regions})
+        if not entries:
+            return 0
+        manifest = dict(self.manifest)
+        manifest["next_shard"] = seq + 1
+        manifest["shards"] = list(self.manifest["shards"]) + entries
+        manifest["num_images"] = int(self.manifest["num_images"]) + sum(e["num_images"] for e in entries)
+        manifest["num_regions"] = int(self.manifest["num_regions"]) + sum(e["num_regions"] for e in entries)
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._write_manifest(manifest)
+        self.manifest = manifest
+        for e in entries:
+            self.shards.append(_load_shard(self.root, e["name"], self.embed_dim))
+            self._offsets = np.append(self._offsets, self._offsets[-1] + e["num_regions"])
+        return sum(e["num_images"] for e in entries)
+
     def _next_name(self) -> Tuple[int, str]:
         seq = int(self.manifest.get("next_shard", len(self.manifest["shards"])))
         return seq, f"shard_{seq:06d}"
@@ -550,8 +609,11 @@ def index_images(
     max_boxes: int = 0,
     codes_dtype: str = "float16",
     progress: bool = True,
+    _in_part: bool = False,
 ) -> Dict[str, Any]:
     """Add the images of ``paths`` not yet in the index at ``index_dir`` (created if needed).
+
+    Under ``torchrun`` the images are split across the processes (:mod:`densecap.retrieval.sharded`).
 
     ``rmodel`` is a :class:`densecap.retrieval.search.RetrievalModel` (model + predictor +
     checkpoint identity). Images are run ``batch_size`` at a time and written every
@@ -561,7 +623,13 @@ def index_images(
     from tqdm import tqdm
 
     from densecap.data.image_io import ImageReadError
+    from densecap.utils.comm import env_world_size
 
+    if env_world_size() > 1 and not _in_part:  # under torchrun: this rank's shards, then a merge
+        from .sharded import index_images_sharded
+
+        return index_images_sharded(rmodel, paths, index_dir, batch_size=batch_size, shard_images=shard_images,
+                                    max_boxes=max_boxes, codes_dtype=codes_dtype, progress=progress)
     if RegionIndex.exists(index_dir):
         index = RegionIndex.open(index_dir)
         rmodel.check_index(index)
@@ -606,6 +674,10 @@ def index_images(
             index.add_shard(pending)
             added += len(pending)
         bar.close()
+        if index.ann_params:  # append the new regions to the fast stage's lists (no retraining)
+            from .ann import update_ann
+
+            update_ann(index)
     return {
         "index": os.path.abspath(index_dir),
         "added_images": added,

@@ -7,8 +7,9 @@ E: joint embedding size, T: query tokens.
   log-likelihood of the query given the region code (``caption_head.score``), C regions at a time
   (memory is bounded by C whatever N is); the best ``topk`` are kept.
 * ``fast``: the query's joint embedding is compared with every region's by one matrix product
-  over the memory-mapped embeddings; the ``candidates`` best (``np.argpartition``) are re-ranked
-  exactly. Scores reported are log-likelihoods in both modes, so they are comparable.
+  over the memory-mapped embeddings, or, for an index with a FAISS fast stage
+  (:mod:`densecap.retrieval.ann`, ``tools/retrieve.py ann``), by an IVF search; the ``candidates``
+  best are re-ranked exactly. Scores reported are log-likelihoods in both modes, so they are comparable.
 * region query: the model captions the given box (``given_boxes``), its region code is embedded
   and the nearest regions by cosine are returned (cosine of raw region codes when the model has
   no embedding head).
@@ -31,6 +32,7 @@ import torch
 from densecap.data.tokenizer import UNK_TOKEN, tokenize
 from densecap.modeling.capabilities import REGION_EMBEDDINGS, capabilities
 
+from .ann import fast_candidates
 from .index import ImageRecord, RegionIndex, RegionIndexError, checkpoint_identity
 
 logger = logging.getLogger(__name__)
@@ -430,8 +432,10 @@ def search_text(
     topk: int = 20,
     mode: str = "exact",
     candidates: int = 1000,
+    nprobe: int = 0,
 ) -> SearchResult:
-    """Rank the index's regions for a text query; see the module docstring for the modes."""
+    """Rank the index's regions for a text query; see the module docstring for the modes.
+    ``nprobe`` > 0 overrides the FAISS fast stage's recorded ``nprobe`` (lists scanned)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     rmodel.check_index(index)
@@ -449,16 +453,17 @@ def search_text(
         s, i = exact_scores_topk(index, rmodel, enc["ids"], topk)
         seconds["score"] = time.perf_counter() - t0
     else:
+        if not index.has_embeddings:
+            raise NoEmbeddingError(f"index {index.root} has no joint embeddings (built with a model without an "
+                                   f"embedding head); {NO_EMBEDDING_HINT}")
         q = rmodel.embed_sentences(enc["ids"])[0]  # E
-        sims = embedding_scores(index, q)  # N
-        n_cand = min(max(int(candidates), topk), len(sims))
-        cand = np.argpartition(-sims, n_cand - 1)[:n_cand] if n_cand < len(sims) else np.arange(len(sims))
-        cand = np.sort(cand)
+        cand, cand_sims = fast_candidates(index, q, max(int(candidates), topk), nprobe=nprobe)  # K ascending, K
+        n_cand = len(cand)
         t1 = time.perf_counter()
         seconds["candidates"] = t1 - t0
         ll = rmodel.score_codes(index.gather_codes(cand), enc["ids"])
         s, i = _top(ll, cand, topk)
-        extra = {"similarity": sims[i]}
+        extra = {"similarity": cand_sims[np.searchsorted(cand, i)]}
         seconds["rerank"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     hits = _hits(index, i, s, extra)
@@ -492,9 +497,9 @@ def search_by_region(
 
 
 def search(index: RegionIndex, rmodel: RetrievalModel, *, query: Optional[str] = None, image=None, box=None,
-           topk: int = 20, mode: str = "exact", candidates: int = 1000) -> SearchResult:
+           topk: int = 20, mode: str = "exact", candidates: int = 1000, nprobe: int = 0) -> SearchResult:
     if query is not None:
-        return search_text(index, rmodel, query, topk=topk, mode=mode, candidates=candidates)
+        return search_text(index, rmodel, query, topk=topk, mode=mode, candidates=candidates, nprobe=nprobe)
     if image is None or box is None:
         raise ValueError("give a text query, or an image and a box")
     return search_by_region(index, rmodel, image, box, topk=topk)
