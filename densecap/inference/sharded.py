@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
-from densecap.data.image_io import ImageReadError, read_image
+from densecap.data.image_io import ImageReadError
 from densecap.utils import comm
 from densecap.utils.io import atomic_write_json
 from densecap.utils.sharding import is_complete, plan_shards, publish_shard, rank_shards, tmp_dir
@@ -104,7 +104,7 @@ def _run_shard(args, predictor, shard, items: List[InputItem], lookup, shards_di
         imgs, its, given = [], [], []
         for it in items[a : a + args.batch_size]:
             try:
-                img = read_image(it.path)
+                img = predictor.read(it.path)
             except ImageReadError as e:
                 report(it.path, e.reason)
                 continue
