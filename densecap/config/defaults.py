@@ -99,6 +99,15 @@ _C.MODEL.ROI.SMOOTH_L1_BETA = 1.0
 # Final NMS on refined boxes ranked by objectness.
 _C.MODEL.ROI.NMS_THRESH_TEST = 0.3
 
+# Visual context and joint inference for the region captioner (Yang et al., CVPR 2017), off by
+# default (the original recipe). CONTEXT: "" (none), "global" (the whole image's code), "union" (the
+# code of the region's box enlarged CONTEXT_UNION_SCALE times: the region and its neighbours), or
+# both ("global,union"); the caption decoder then reads [region; contexts] (concatenation). See
+# densecap/modeling/context.py.
+_C.MODEL.ROI_HEADS = CfgNode()
+_C.MODEL.ROI_HEADS.CONTEXT = ""
+_C.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE = 2.0
+
 _C.MODEL.CAPTION = CfgNode()
 # registry of region caption decoders: "lstm" (the original), "gru"
 _C.MODEL.CAPTION.DECODER = "lstm"

@@ -141,12 +141,12 @@ class DenseCapModel(nn.Module):
         backbone = build_backbone(cfg)
         rpn = RPN.from_config(cfg, backbone)
         roi_heads = DenseCapROIHeads.from_config(cfg, backbone)
-        caption_head = build_caption_decoder(cfg, vocab, roi_heads.recognition.out_dim)
+        caption_head = build_caption_decoder(cfg, vocab, roi_heads.code_dim)
         embedding_head = None
         if cfg.MODEL.EMBEDDING.ENABLED:
             from densecap.retrieval.embedding import build_embedding_head
 
-            embedding_head = build_embedding_head(cfg, vocab, roi_heads.recognition.out_dim)
+            embedding_head = build_embedding_head(cfg, vocab, roi_heads.code_dim)
         ic = cfg.MODEL.IMAGE_CAPTION
         image_caption_head = None
         if ic.ENABLED:
