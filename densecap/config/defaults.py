@@ -276,6 +276,19 @@ _C.SOLVER.CLIP_GRADIENTS = CfgNode()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
 _C.SOLVER.CLIP_GRADIENTS.MAX_NORM = 5.0
 _C.SOLVER.LOG_PERIOD = 20
+# Self-critical sequence training (Rennie et al. 2017), a second stage from a cross-entropy
+# checkpoint (MODEL.WEIGHTS): the whole-image caption head learns from -(r(sample) - r(greedy)) *
+# log p(sample), r = CIDEr-D against the image's references with the training references' document
+# frequencies; the backbone (and a joint model's dense captioner) stays fixed. REGIONS: the region
+# captioner too (CIDEr-D over each region's references). See densecap/engine/scst.py.
+_C.SOLVER.SCST = CfgNode()
+_C.SOLVER.SCST.ENABLED = False
+# sampled captions per image (Rennie et al.: 1), each against the greedy baseline
+_C.SOLVER.SCST.NUM_SAMPLES = 1
+# longest sampled caption in tokens incl. END (0 = MODEL.IMAGE_CAPTION.MAX_TOKENS)
+_C.SOLVER.SCST.MAX_LEN = 0
+_C.SOLVER.SCST.LOSS_WEIGHT = 1.0
+_C.SOLVER.SCST.REGIONS = False
 
 # --------------------------------------------------------------------------------------------
 # TEST
