@@ -134,3 +134,71 @@ def test_context_images_without_regions():
     inputs[0]["given_boxes"] = torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 20.0, 50.0, 60.0]])
     inst = model(inputs)[0]["instances"]
     assert inst.region_codes.shape == (2, 3 * F)
+
+
+# ---- joint inference (MODEL.ROI_HEADS.JOINT_INFERENCE) ------------------------------------------
+def test_final_hidden_is_the_state_that_predicts_end():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), VOCAB)
+    head = model.caption_head
+    codes = torch.randn(3, F)
+    caps = torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0], [4, 5, 6, 7]])
+    h = head.final_hidden(codes, caps)
+    assert h.shape == (3, 16)
+    # the logits from that state are the ones that score END (step L of the targets w_1 .. w_L END)
+    logits = head(codes, caps)  # N T+1 V
+    for i, L in enumerate([2, 1, 4]):
+        assert torch.allclose(head._logits(h[i]), logits[i, L], atol=1e-5)
+        assert not torch.allclose(head._logits(h[i]), logits[i, L - 1], atol=1e-3)
+    assert head.final_hidden(codes[:0], caps[:0]).shape == (0, 16)
+
+
+def test_joint_inference_loss_gradients_and_box_refinement():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**{"MODEL.ROI_HEADS.JOINT_INFERENCE": "True", "MODEL.ROI_HEADS.CONTEXT": "global"})
+    model = build_model(cfg, VOCAB)
+    losses = train_step(model, make_inputs(2))
+    assert "loss_box_joint" in losses and losses["loss_box_joint"].item() > 0
+    model.zero_grad()
+    losses = model(make_inputs(2))
+    losses["loss_box_joint"].backward()  # the box loss trains the caption decoder (and the joint layer)
+    assert model.joint_box_head.deltas.weight.grad.abs().sum() > 0
+    # zero-initialised: the decoder gets no gradient until the layer has moved; after a step it does
+    with torch.no_grad():
+        model.joint_box_head.deltas.weight.normal_(std=0.1)
+    model.zero_grad()
+    model(make_inputs(2))["loss_box_joint"].backward()
+    assert model.caption_head.rnn.weight_hh_l0.grad.abs().sum() > 0
+    assert model.roi_heads.recognition.fc7.weight.grad.abs().sum() > 0
+    # test time: boxes move by the caption's deltas; a zero layer leaves them as the plain model's
+    model.eval()
+    moved = model(make_inputs(2))
+    with torch.no_grad():
+        model.joint_box_head.deltas.weight.zero_()
+        model.joint_box_head.deltas.bias.zero_()
+    still = model(make_inputs(2))
+    ref = model.joint_box_head
+    model.joint_box_head = None
+    plain = model(make_inputs(2))
+    model.joint_box_head = ref
+    for a, b, c in zip(moved, still, plain):
+        assert torch.equal(b["instances"].pred_boxes, c["instances"].pred_boxes)
+        assert b["instances"].pred_captions == c["instances"].pred_captions
+        assert not torch.allclose(a["instances"].pred_boxes, c["instances"].pred_boxes)
+    # given boxes are never moved
+    with torch.no_grad():
+        model.joint_box_head.deltas.bias.fill_(0.3)
+    inputs = make_inputs(1)
+    given = torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 20.0, 50.0, 60.0]])
+    inputs[0]["given_boxes"] = given
+    assert torch.equal(model(inputs)[0]["instances"].pred_boxes, given)
+
+
+def test_joint_inference_images_without_regions():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.ROI_HEADS.JOINT_INFERENCE": "True"}), VOCAB)
+    losses = train_step(model, make_inputs(2, empty=(0, 1)))
+    assert losses["loss_box_joint"].item() == 0.0 and losses["loss_box_joint"].requires_grad
+    model.eval()
+    model.roi_heads.score_thresh = 1.1
+    assert all(len(o["instances"]) == 0 for o in model(make_inputs(2)))

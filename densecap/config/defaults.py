@@ -107,6 +107,10 @@ _C.MODEL.ROI.NMS_THRESH_TEST = 0.3
 _C.MODEL.ROI_HEADS = CfgNode()
 _C.MODEL.ROI_HEADS.CONTEXT = ""
 _C.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE = 2.0
+# Joint inference: the caption decoder's state after a region's caption predicts a further box
+# refinement (loss_box_joint, weighted like loss_box); at test time each detection's box moves after
+# it is captioned. See densecap/modeling/joint_inference.py.
+_C.MODEL.ROI_HEADS.JOINT_INFERENCE = False
 
 _C.MODEL.CAPTION = CfgNode()
 # registry of region caption decoders: "lstm" (the original), "gru"

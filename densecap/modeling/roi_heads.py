@@ -163,9 +163,11 @@ class DenseCapROIHeads(nn.Module):
         )
 
     def forward_train(
-        self, features: Dict[str, Tensor], samples: Sequence[Instances]
-    ) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
-        """samples: the RPN's (positives first). Returns (losses, positive codes (P, code_dim), captions (P, T))."""
+        self, features: Dict[str, Tensor], samples: Sequence[Instances], return_boxes: bool = False
+    ):
+        """samples: the RPN's (positives first). Returns (losses, positive codes (P, code_dim), captions (P, T));
+        with ``return_boxes`` also ``{"refined": (P, 4), "gt": (P, 4), "image_sizes": [(h, w)] * P}``: the
+        positives' boxes after this head's refinement (detached) and their ground truth, xyxy input frame."""
         box_lists, labels, gt_boxes, gt_caps = [], [], [], []
         max_pos = int(self.batch_size_per_image * self.positive_fraction)
         for s in samples:
@@ -196,6 +198,11 @@ class DenseCapROIHeads(nn.Module):
         if self.context:
             pos_lists = list(pos_boxes.split([int(b.shape[0]) for b in gt_boxes]))  # positives come first per image
             pos_codes = self._with_context(features, pos_codes, pos_lists, [s.image_size for s in samples])  # P code_dim
+        if return_boxes:
+            sizes = [s.image_size for s, g in zip(samples, gt_boxes) for _ in range(int(g.shape[0]))]
+            refined = apply_deltas(pos_boxes.detach(), deltas[pos].detach())  # P 4
+            return losses, pos_codes, caps, {"refined": refined, "gt": torch.cat(gt_boxes).to(refined.dtype),
+                                             "image_sizes": sizes}
         return losses, pos_codes, caps
 
     @torch.no_grad()
