@@ -109,6 +109,19 @@ _C.MODEL.ROI.SMOOTH_L1_BETA = 1.0
 # Final NMS on refined boxes ranked by objectness.
 _C.MODEL.ROI.NMS_THRESH_TEST = 0.3
 
+# Visual context and joint inference for the region captioner (Yang et al., CVPR 2017), off by
+# default (the original recipe). CONTEXT: "" (none), "global" (the whole image's code), "union" (the
+# code of the region's box enlarged CONTEXT_UNION_SCALE times: the region and its neighbours), or
+# both ("global,union"); the caption decoder then reads [region; contexts] (concatenation). See
+# densecap/modeling/context.py.
+_C.MODEL.ROI_HEADS = CfgNode()
+_C.MODEL.ROI_HEADS.CONTEXT = ""
+_C.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE = 2.0
+# Joint inference: the caption decoder's state after a region's caption predicts a further box
+# refinement (loss_box_joint, weighted like loss_box); at test time each detection's box moves after
+# it is captioned. See densecap/modeling/joint_inference.py.
+_C.MODEL.ROI_HEADS.JOINT_INFERENCE = False
+
 _C.MODEL.CAPTION = CfgNode()
 # registry of region caption decoders: "lstm" (the original), "gru"
 _C.MODEL.CAPTION.DECODER = "lstm"
@@ -286,6 +299,19 @@ _C.SOLVER.CLIP_GRADIENTS = CfgNode()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
 _C.SOLVER.CLIP_GRADIENTS.MAX_NORM = 5.0
 _C.SOLVER.LOG_PERIOD = 20
+# Self-critical sequence training (Rennie et al. 2017), a second stage from a cross-entropy
+# checkpoint (MODEL.WEIGHTS): the whole-image caption head learns from -(r(sample) - r(greedy)) *
+# log p(sample), r = CIDEr-D against the image's references with the training references' document
+# frequencies; the backbone (and a joint model's dense captioner) stays fixed. REGIONS: the region
+# captioner too (CIDEr-D over each region's references). See densecap/engine/scst.py.
+_C.SOLVER.SCST = CfgNode()
+_C.SOLVER.SCST.ENABLED = False
+# sampled captions per image (Rennie et al.: 1), each against the greedy baseline
+_C.SOLVER.SCST.NUM_SAMPLES = 1
+# longest sampled caption in tokens incl. END (0 = MODEL.IMAGE_CAPTION.MAX_TOKENS)
+_C.SOLVER.SCST.MAX_LEN = 0
+_C.SOLVER.SCST.LOSS_WEIGHT = 1.0
+_C.SOLVER.SCST.REGIONS = False
 
 # --------------------------------------------------------------------------------------------
 # TEST

@@ -10,8 +10,12 @@ COLOR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZE_WORDS = ("small", "large")
 SIZE_SYNONYMS = {"small": "little", "large": "big"}  # the second word a caption may use for a size
 FILLS = ("solid", "striped")
-# the first word of each spatial relation ("left of", "right of", "above", "below", "next to")
-RELATION_WORDS = ("left", "right", "above", "below", "next")
+# the spatial relations of relational regions ("a r b" == "b RELATION_INVERSE[r] a")
+RELATIONS = ("left of", "right of", "above", "below", "next to")
+RELATION_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
+                    "next to": "next to"}
+# the first word of each relation (what the per-attribute accuracy compares)
+RELATION_WORDS = tuple(r.split()[0] for r in RELATIONS)
 
 
 def attribute_words() -> Dict[str, Dict[str, str]]:

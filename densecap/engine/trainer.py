@@ -132,6 +132,12 @@ class Trainer:
             )
         self.loader = build_train_loader(cfg, self.vocab)
         self.loader.epoch = self.start_iter  # a fresh shuffle after a resume
+        # SOLVER.SCST.ENABLED: a self-critical stage replaces the model's losses (densecap/engine/scst.py)
+        self.scst = None
+        if cfg.SOLVER.SCST.ENABLED:
+            from .scst import SelfCriticalStep
+
+            self.scst = SelfCriticalStep(cfg, self.loader.dataset, self.vocab)
 
     # ------------------------------------------------------------------------------------------
     def _checkpoint(self, name: str, iteration: int) -> None:
@@ -200,7 +206,7 @@ class Trainer:
             batch = next(data_iter)
             if not batch:
                 continue
-            loss_dict = self.model(batch)
+            loss_dict = self.model(batch) if self.scst is None else self.scst(self.model, batch)
             check_finite(loss_dict, it)
             losses = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
             self.optimizer.zero_grad(set_to_none=True)
@@ -215,7 +221,7 @@ class Trainer:
             reduced = comm.reduce_dict({k: v.detach() for k, v in loss_dict.items()})
             for k, v in reduced.items():
                 window[k] = window.get(k, 0.0) + float(v)
-            window["total_loss"] = window.get("total_loss", 0.0) + float(sum(reduced.values()))
+            window["total_loss"] = window.get("total_loss", 0.0) + float(sum(v for k, v in reduced.items() if k.startswith("loss_")))
             n_window += 1
             t_window += dt
             bar.update(1)

@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from densecap.data.shape_words import attribute_words
+from densecap.data.relations import INVERSE, split_relation, swap_relation
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 from densecap.utils import comm
 
@@ -29,6 +30,19 @@ from .evaluator import DatasetEvaluator
 
 def attribute_sequence(caption: str, words: Mapping[str, str]) -> List[str]:
     return [words[w] for w in caption.split() if w in words]
+
+
+def relation_correct_unordered(caption: str, reference: str) -> bool:
+    """The relation word of ``caption`` equals the reference's, after turning the caption around when
+    it names the reference's two objects in the opposite order (object = its words, e.g. "a red
+    star"). Captions without a relation agree with references without one."""
+    p, r = split_relation(caption), split_relation(reference)
+    if p is None or r is None:
+        return p is None and r is None
+    rel = p[1]
+    if p[0] != p[2] and (p[0], p[2]) == (r[2], r[0]):
+        rel = INVERSE[rel]
+    return rel == r[1]
 
 
 class RegionCaptionAccuracy(DatasetEvaluator):
@@ -84,6 +98,10 @@ class RegionCaptionAccuracy(DatasetEvaluator):
         out: Dict[str, float] = {"num_matched": len(pairs), "num_gt": num_gt}
         out["recall_iou"] = len(pairs) / num_gt if num_gt else 0.0
         out["exact"] = float(np.mean([c in refs for c, _, refs in pairs])) if pairs else 0.0
+        out["exact_unordered"] = float(np.mean([c in refs or swap_relation(c) in refs for c, _, refs in pairs])) if pairs else 0.0
+        rel = [(c, ref) for c, ref, _ in pairs if split_relation(c) is not None or split_relation(ref) is not None]
+        out["relation_unordered_accuracy"] = float(np.mean([relation_correct_unordered(c, r) for c, r in rel])) if rel else 0.0
+        out["relation_unordered_count"] = len(rel)
         for name, words in attribute_words().items():
             n_ok = n = 0
             for cap, ref, _ in pairs:

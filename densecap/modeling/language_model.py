@@ -165,15 +165,29 @@ class CaptionDecoder(nn.Module):
             return x
         return torch.cat([x, code[:, None, :].expand(-1, x.shape[1], -1)], dim=2)  # N L 2E
 
-    def forward(self, region_codes: Tensor, captions: Tensor) -> Tensor:
-        """Teacher-forced logits (N, T+1, V) for targets ``caption_targets(captions)``."""
+    def hidden_states(self, region_codes: Tensor, captions: Tensor) -> Tensor:
+        """Teacher-forced top-layer hidden states (N, T+2, H): after the code, START, w_1 .. w_T."""
         n = region_codes.shape[0]
         p = self.image_proj(region_codes)  # N E
         start = self.embed(captions.new_full((n, 1), START))  # N 1 E
         words = self.embed(captions)  # N T E
         x = torch.cat([p[:, None, :], start, words], dim=1)  # N T+2 E
         out, _ = self.rnn(self._with_code(x, p if self.code_every_step else None))  # N T+2 H
-        return self._logits(out[:, 1:])  # N T+1 V
+        return out
+
+    def forward(self, region_codes: Tensor, captions: Tensor) -> Tensor:
+        """Teacher-forced logits (N, T+1, V) for targets ``caption_targets(captions)``."""
+        return self._logits(self.hidden_states(region_codes, captions)[:, 1:])  # N T+1 V
+
+    def final_hidden(self, region_codes: Tensor, captions: Tensor) -> Tensor:
+        """The hidden state (N, H) after reading each whole caption (the state that predicts END),
+        e.g. for joint inference's box refinement."""
+        if region_codes.shape[0] == 0:
+            return region_codes.new_zeros((0, self.hidden_size))
+        captions = self._trim(captions)
+        out = self.hidden_states(region_codes, captions)  # N T+2 H
+        lengths = (captions != PAD).sum(dim=1)  # N
+        return out[torch.arange(out.shape[0], device=out.device), 1 + lengths]  # N H
 
     @staticmethod
     def _trim(captions: Tensor) -> Tensor:

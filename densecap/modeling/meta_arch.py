@@ -20,6 +20,7 @@ from densecap.structures import Instances, xywh_to_xyxy
 from .backbone import Backbone, build_backbone
 from .capabilities import ATTENTION_MAPS, IMAGE_CAPTION, REGION_EMBEDDINGS, REGIONS, image_caption_capabilities
 from .image_caption.attach import caption_losses, caption_outputs, feature_valid_mask, pick_feature
+from .joint_inference import JointBoxRefiner
 from .language_model import CaptionDecoder, build_caption_decoder
 from .postprocess import to_original_frame
 from .registry import Registry
@@ -55,7 +56,8 @@ class DenseCapModel(nn.Module):
 
     Training (``model.train()``): returns a dict of weighted scalar losses ``loss_rpn_cls``,
     ``loss_rpn_box``, ``loss_rpn_delta_l2`` (when its weight > 0), ``loss_cls``, ``loss_box``,
-    ``loss_caption``; the total loss is their sum. Images without regions give 0 for the
+    ``loss_caption`` (and ``loss_box_joint`` with MODEL.ROI_HEADS.JOINT_INFERENCE); the total loss is
+    their sum. Images without regions give 0 for the
     positives-based losses (still differentiable) while objectness learns from their negatives.
     With an image-caption head (``MODEL.IMAGE_CAPTION.ENABLED``, the same backbone feature map):
     also ``loss_image_caption`` (+ ``loss_image_caption_doubly_stochastic`` for attention heads,
@@ -114,6 +116,7 @@ class DenseCapModel(nn.Module):
         num_captions: int = 1,
         length_penalty: float = 0.0,
         block_repeats: bool = False,
+        joint_box_head: Optional[JointBoxRefiner] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -140,6 +143,8 @@ class DenseCapModel(nn.Module):
         self.num_captions = int(num_captions)
         self.length_penalty = float(length_penalty)
         self.block_repeats = bool(block_repeats)
+        # joint inference (MODEL.ROI_HEADS.JOINT_INFERENCE): the caption's final state refines the box
+        self.joint_box_head = joint_box_head
 
     @property
     def capabilities(self) -> frozenset:
@@ -163,12 +168,12 @@ class DenseCapModel(nn.Module):
         backbone = build_backbone(cfg)
         rpn = RPN.from_config(cfg, backbone)
         roi_heads = DenseCapROIHeads.from_config(cfg, backbone)
-        caption_head = build_caption_decoder(cfg, vocab, roi_heads.recognition.out_dim)
+        caption_head = build_caption_decoder(cfg, vocab, roi_heads.code_dim)
         embedding_head = None
         if cfg.MODEL.EMBEDDING.ENABLED:
             from .embedding import build_embedding_head
 
-            embedding_head = build_embedding_head(cfg, vocab, roi_heads.recognition.out_dim)
+            embedding_head = build_embedding_head(cfg, vocab, roi_heads.code_dim)
         ic = cfg.MODEL.IMAGE_CAPTION
         image_caption_head = None
         if ic.ENABLED:
@@ -183,6 +188,10 @@ class DenseCapModel(nn.Module):
             embedding_head=embedding_head, image_caption_head=image_caption_head,
             image_caption_train=ic.TRAIN_CAPTIONS, caption_beam_size=ic.BEAM_SIZE, caption_max_len=ic.MAX_TOKENS,
             num_captions=ic.NUM_CAPTIONS, length_penalty=ic.LENGTH_PENALTY, block_repeats=ic.BLOCK_REPEATS,
+            joint_box_head=JointBoxRefiner(
+                hidden_size=cfg.MODEL.CAPTION.HIDDEN_SIZE, loss_weight=cfg.MODEL.ROI.LOSS_WEIGHT_BOX,
+                smooth_l1_beta=cfg.MODEL.ROI.SMOOTH_L1_BETA,
+            ) if cfg.MODEL.ROI_HEADS.JOINT_INFERENCE else None,
         )
 
     @property
@@ -223,9 +232,15 @@ class DenseCapModel(nn.Module):
         features = self.backbone(images)
         gt = self._gt_instances(batched_inputs)
         samples, losses = self.rpn(features, sizes, gt)
-        roi_losses, codes, captions = self.roi_heads.forward_train(features, samples)
+        if self.joint_box_head is None:
+            roi_losses, codes, captions = self.roi_heads.forward_train(features, samples)
+        else:
+            roi_losses, codes, captions, pos = self.roi_heads.forward_train(features, samples, return_boxes=True)
         losses.update(roi_losses)
         losses["loss_caption"] = self.caption_loss_weight * self.caption_head.loss(codes, captions)
+        if self.joint_box_head is not None:
+            hidden = self.caption_head.final_hidden(codes, captions)  # P H
+            losses["loss_box_joint"] = self.joint_box_head.loss(hidden, pos["refined"], pos["gt"])
         if self.embedding_head is not None:
             losses.update(self.embedding_head(codes, captions))  # {"loss_embed"}; codes detached inside
         if self.image_caption_head is not None:
@@ -300,6 +315,11 @@ class DenseCapModel(nn.Module):
         tokens, logprobs = self.caption_head.generate(
             codes, beam_size=self.beam_size, max_len=self.max_caption_len, length_alpha=self.length_alpha
         )  # R T, R
+        if self.joint_box_head is not None:  # joint inference: each caption's final state moves its box
+            hidden = self.caption_head.final_hidden(codes, tokens).split([len(d) for d in dets])  # R H
+            dets = [d if g else Instances(d.image_size, pred_boxes=self.joint_box_head.refine(h, d.pred_boxes, d.image_size),
+                                          scores=d.scores, region_codes=d.region_codes)
+                    for d, h, g in zip(dets, hidden, given)]
         results, start = [], 0
         for i, (x, d) in enumerate(zip(batched_inputs, dets)):
             n = len(d)

@@ -18,6 +18,11 @@ Inference: objectness + refinement on every proposal, then :func:`select_detecti
 ``nms_thresh`` on the refined boxes by score, ``score_thresh``, ``detections_per_image``);
 proposals given by the user (``refine=False``) are kept as they are, in order.
 
+Visual context (``MODEL.ROI_HEADS.CONTEXT``, off by default; ``densecap/modeling/context.py``):
+the codes returned for captioning (training: the positives; test: ``region_codes``) are then the
+region code concatenated with the codes of its context boxes, (K, ``code_dim``); objectness and
+box refinement always read the region's own code.
+
 Shapes: K: boxes, C: channels, S: pooled size, F: FC_DIM, T: caption tokens.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 
 from densecap.structures import Instances, apply_deltas, clip_xyxy, encode_deltas
 
+from .context import fuse_context, parse_context
 from .losses import box_regression_loss, objectness_loss
 from .poolers import ROIPooler
 from .postprocess import select_detections
@@ -84,6 +90,8 @@ class DenseCapROIHeads(nn.Module):
         nms_thresh: float = 0.3,
         score_thresh: float = 0.0,
         detections_per_image: int = 0,
+        context: Sequence[str] = (),
+        context_union_scale: float = 2.0,
     ) -> None:
         super().__init__()
         self.in_features = list(in_features)
@@ -105,6 +113,14 @@ class DenseCapROIHeads(nn.Module):
         self.nms_thresh = float(nms_thresh)
         self.score_thresh = float(score_thresh)
         self.detections_per_image = int(detections_per_image)
+        # visual context fused into the captioned codes ("global", "union"; empty = none)
+        self.context = parse_context(context)
+        self.context_union_scale = float(context_union_scale)
+
+    @property
+    def code_dim(self) -> int:
+        """Size of the codes returned for captioning: F, times (1 + number of contexts)."""
+        return self.recognition.out_dim * (1 + len(self.context))
 
     @classmethod
     def from_config(cls, cfg, backbone) -> "DenseCapROIHeads":
@@ -126,7 +142,8 @@ class DenseCapROIHeads(nn.Module):
             batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
             backprop_boxes=r.BACKPROP_BOXES, loss_weight_cls=r.LOSS_WEIGHT_CLS, loss_weight_box=r.LOSS_WEIGHT_BOX,
             smooth_l1_beta=r.SMOOTH_L1_BETA, nms_thresh=r.NMS_THRESH_TEST, score_thresh=cfg.TEST.SCORE_THRESH,
-            detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, context=parse_context(cfg.MODEL.ROI_HEADS.CONTEXT),
+            context_union_scale=cfg.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE,
         )
 
     def _recognize(self, features: Dict[str, Tensor], box_lists: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -134,10 +151,23 @@ class DenseCapROIHeads(nn.Module):
         codes = self.recognition(pooled)  # K F
         return codes, self.objectness(codes).squeeze(1), self.box_deltas(codes)  # K F, K, K 4
 
+    def _with_context(self, features: Dict[str, Tensor], codes: Tensor, box_lists: Sequence[Tensor],
+                      image_sizes: Sequence[Tuple[int, int]]) -> Tensor:
+        """Region codes (K, F) -> captioned codes (K, code_dim) (unchanged without context)."""
+        if not self.context:
+            return codes
+        feats = [features[f] for f in self.in_features]
+        return fuse_context(
+            lambda boxes: self.recognition(self.pooler(feats, boxes)), codes, box_lists, image_sizes, self.context,
+            self.context_union_scale,
+        )
+
     def forward_train(
-        self, features: Dict[str, Tensor], samples: Sequence[Instances]
-    ) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
-        """samples: the RPN's (positives first). Returns (losses, positive codes (P, F), captions (P, T))."""
+        self, features: Dict[str, Tensor], samples: Sequence[Instances], return_boxes: bool = False
+    ):
+        """samples: the RPN's (positives first). Returns (losses, positive codes (P, code_dim), captions (P, T));
+        with ``return_boxes`` also ``{"refined": (P, 4), "gt": (P, 4), "image_sizes": [(h, w)] * P}``: the
+        positives' boxes after this head's refinement (detached) and their ground truth, xyxy input frame."""
         box_lists, labels, gt_boxes, gt_caps = [], [], [], []
         max_pos = int(self.batch_size_per_image * self.positive_fraction)
         for s in samples:
@@ -164,13 +194,22 @@ class DenseCapROIHeads(nn.Module):
         }
         T = max([int(c.shape[1]) for c in gt_caps] + [0])
         caps = torch.cat([nn.functional.pad(c, (0, T - c.shape[1])) for c in gt_caps])  # P T
-        return losses, codes[pos], caps
+        pos_codes = codes[pos]  # P F
+        if self.context:
+            pos_lists = list(pos_boxes.split([int(b.shape[0]) for b in gt_boxes]))  # positives come first per image
+            pos_codes = self._with_context(features, pos_codes, pos_lists, [s.image_size for s in samples])  # P code_dim
+        if return_boxes:
+            sizes = [s.image_size for s, g in zip(samples, gt_boxes) for _ in range(int(g.shape[0]))]
+            refined = apply_deltas(pos_boxes.detach(), deltas[pos].detach())  # P 4
+            return losses, pos_codes, caps, {"refined": refined, "gt": torch.cat(gt_boxes).to(refined.dtype),
+                                             "image_sizes": sizes}
+        return losses, pos_codes, caps
 
     @torch.no_grad()
     def forward_test(
         self, features: Dict[str, Tensor], proposals: Sequence[Instances], refine: Optional[Sequence[bool]] = None
     ) -> List[Instances]:
-        """Per image ``Instances(pred_boxes (n, 4) xyxy input frame, scores (n,), region_codes (n, F))``.
+        """Per image ``Instances(pred_boxes (n, 4) xyxy input frame, scores (n,), region_codes (n, code_dim))``.
 
         ``refine[i] = False``: image i's proposals are user boxes: no refinement, no selection.
         """
@@ -195,4 +234,11 @@ class DenseCapROIHeads(nn.Module):
                 ]
                 boxes, s, c = boxes[keep], s[keep], c[keep]
             out.append(Instances(p.image_size, pred_boxes=boxes, scores=s, region_codes=c))
+        if self.context:
+            fused = self._with_context(
+                features, torch.cat([o.region_codes for o in out]), [o.pred_boxes for o in out],
+                [o.image_size for o in out],
+            ).split([len(o) for o in out])
+            out = [Instances(o.image_size, pred_boxes=o.pred_boxes, scores=o.scores, region_codes=f)
+                   for o, f in zip(out, fused)]
         return out

@@ -10,6 +10,7 @@
     tools/retrieve.py train-embedding --weights CKPT --data PREPARED_DIR --output CKPT_WITH_EMBEDDING
     tools/retrieve.py eval  --weights CKPT --data PREPARED_DIR [--split test] [--num-images 1000]
                             [--num-queries 100] [--output FILE]
+    tools/retrieve.py eval-relational --weights CKPT --data PREPARED_DIR [--split test] [--output FILE]
     tools/cluster.py --index INDEX_DIR --k K --output DIR
 
 Boxes are [x, y, w, h] in original-image pixels everywhere (arguments, printout, JSON).
@@ -114,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--captions-per-query", type=int, default=4)
     q.add_argument("--boxes-per-image", type=int, default=100)
     q.add_argument("--candidates", type=int, default=1000, help="fast mode: regions re-ranked exactly per caption")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--output", default="", metavar="FILE", help="write the metrics as JSON")
+    q.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+
+    q = sub.add_parser("eval-relational", help="relational region search: queries naming two objects and their "
+                       "relation, unique to one image; hit = IoU >= 0.5 with the annotated box in the top k")
+    _model_args(q, True)
+    q.add_argument("--data", required=True, metavar="PREPARED_DIR")
+    q.add_argument("--split", default="test")
+    q.add_argument("--num-images", type=int, default=0, help="images in the pool (0 = the whole split)")
+    q.add_argument("--num-queries", type=int, default=0, help="queries sampled (0 = every eligible one)")
+    q.add_argument("--boxes-per-image", type=int, default=100)
+    q.add_argument("--candidates", type=int, nargs="+", default=[1000, 100], help="fast mode: regions re-ranked exactly")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--output", default="", metavar="FILE", help="write the metrics as JSON")
     q.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -223,6 +237,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_eval_relational(args) -> int:
+    from densecap.utils.io import atomic_write_json
+
+    from .relational import evaluate_relational_retrieval, format_relational
+
+    rmodel = _load_model(args.weights, args.config_file, args.device, args.image_size, args.opts)
+    metrics = evaluate_relational_retrieval(
+        rmodel, args.data, args.split, num_images=args.num_images, num_queries=args.num_queries,
+        boxes_per_image=args.boxes_per_image, candidates=args.candidates, seed=args.seed,
+    )
+    print(format_relational(metrics))
+    if args.output:
+        atomic_write_json(args.output, metrics, indent=2)
+    return 0
+
+
 def cmd_train_embedding(args) -> int:
     from .train import train_embedding
 
@@ -275,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return {"index": cmd_index, "query": cmd_query, "eval": cmd_eval,
+        return {"index": cmd_index, "query": cmd_query, "eval": cmd_eval, "eval-relational": cmd_eval_relational,
                 "train-embedding": cmd_train_embedding, "compact": cmd_compact, "ann": cmd_ann}[args.command](args)
     except (RegionIndexError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -197,6 +197,41 @@ class ImageCaptionHead(nn.Module):
             self.train(was)
         return {"tokens": tokens, "logprobs": logprobs, "attention": attention}
 
+    def sample(
+        self, features: Tensor, valid_mask: Optional[Tensor] = None, max_len: int = 20, greedy: bool = False,
+        temperature: float = 1.0,
+    ) -> Tuple[Tensor, Tensor]:
+        """One caption per image, drawn word by word from the model (``greedy``: the argmax word),
+        keeping the graph (for self-critical training; dropout follows ``self.training``, attention is
+        deterministic: the expectation for hard attention).
+
+        At most ``max_len`` tokens incl. END (an unfinished caption keeps its ``max_len`` words).
+        Returns tokens int64 (B, max_len) 0-padded words without START/END and logprobs (B,): the
+        total log-probability of the emitted tokens, END included when emitted.
+        """
+        B, dev = features.shape[0], features.device
+        state = self.init_state(features, valid_mask)
+        last = torch.full((B,), START, dtype=torch.long, device=dev)  # B
+        done = torch.zeros((B,), dtype=torch.bool, device=dev)  # B
+        logprobs = features.new_zeros((B,), dtype=torch.float32)  # B
+        tokens = torch.zeros((B, int(max_len)), dtype=torch.long, device=dev)  # B T
+        for t in range(int(max_len)):
+            logits, state, _aux = self.step(state, last, "test")  # B V
+            logp = F.log_softmax(logits.float() / float(temperature), dim=-1)  # B V
+            if greedy:
+                tok = logp.detach().argmax(dim=-1)  # B
+            else:
+                tok = torch.multinomial(logp.detach().exp(), 1).squeeze(1)  # B
+            lp = logp.gather(1, tok[:, None]).squeeze(1)  # B
+            logprobs = logprobs + lp.masked_fill(done, 0.0)
+            tok = tok.masked_fill(done, PAD)
+            tokens[:, t] = tok.masked_fill(tok == END, PAD)
+            done = done | (tok == END)
+            if bool(done.all()):
+                break
+            last = tok
+        return tokens, logprobs
+
     @torch.no_grad()
     def attention_maps(self, features: Tensor, captions: Tensor, valid_mask: Optional[Tensor] = None) -> Tensor:
         """Attention (B, T, h, w) used to emit each word of ``captions`` (B, T); 0 after the words."""

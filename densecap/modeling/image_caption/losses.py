@@ -19,6 +19,7 @@ __all__ = [
     "attention_entropy",
     "reinforce_attention_loss",
     "attention_supervision_loss",
+    "self_critical_loss",
 ]
 
 
@@ -74,3 +75,18 @@ def attention_supervision_loss(alpha: Tensor, regions: Tensor, step_mask: Tensor
     mass = (alpha * regions.to(alpha.dtype)).sum(dim=-1)  # B S
     nll = -torch.log(mass.clamp(min=eps)) * supervised.to(alpha.dtype)  # B S
     return nll.sum(), supervised.sum()
+
+
+def self_critical_loss(logprobs: Tensor, reward: Tensor, baseline: Tensor) -> Tensor:
+    """Self-critical sequence training (Rennie et al. 2017): ``-(r(w^s) - b) * log p(w^s)``, mean
+    over the sampled captions.
+
+    logprobs (M,): total log-probability of each sampled caption (with gradient); reward (M,): its
+    reward (e.g. CIDEr-D); baseline (M,): the reward of the greedy caption of the same input. Reward
+    and baseline are constants. A sample better than the greedy decode is made more likely, a worse
+    one less likely; a sample as good as it contributes no gradient.
+    """
+    advantage = (reward - baseline).detach().to(logprobs.dtype)  # M
+    if logprobs.numel() == 0:
+        return logprobs.sum() * 0.0
+    return -(advantage * logprobs).mean()
