@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-__all__ = ["RELATIONS", "INVERSE", "split_relation", "swap_relation", "canonical_relation"]
-
 from .shape_words import RELATION_INVERSE as INVERSE
 from .shape_words import RELATIONS
+
+__all__ = ["RELATIONS", "INVERSE", "split_relation", "swap_relation", "canonical_relation"]
 
 
 def split_relation(caption: str) -> Optional[Tuple[str, str, str]]:
