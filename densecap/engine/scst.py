@@ -37,6 +37,7 @@ from torch import Tensor
 
 from densecap.data.tokenizer import END, PAD, START
 from densecap.evaluation.cider import CiderD
+from densecap.modeling.decoding import sample_captions
 from densecap.modeling.image_caption.losses import self_critical_loss
 from densecap.structures.boxes import iou_xyxy_np
 from densecap.utils import comm
@@ -213,25 +214,7 @@ class SelfCriticalStep:
 
 def sample_region_captions(head, codes: Tensor, max_len: int):
     """Sampled region captions with their log-probabilities (graph kept): tokens int64 (N, max_len)
-    0-padded and logprobs (N,) incl. END; at most ``max_len`` words then END forced (as generate)."""
-    n, dev = codes.shape[0], codes.device
-    state = head.init_state(codes)
-    last = torch.full((n,), START, dtype=torch.long, device=dev)
-    done = torch.zeros((n,), dtype=torch.bool, device=dev)
-    logprobs = codes.new_zeros((n,), dtype=torch.float32)
-    tokens = torch.zeros((n, int(max_len)), dtype=torch.long, device=dev)
-    for t in range(int(max_len) + 1):
-        logp, state = head.step(state, last)  # N V
-        if t == max_len:
-            logprobs = logprobs + logp[:, END].masked_fill(done, 0.0)
-            break
-        tok = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
-        lp = logp.gather(1, tok[:, None]).squeeze(1)
-        logprobs = logprobs + lp.masked_fill(done, 0.0)
-        tok = tok.masked_fill(done, PAD)
-        tokens[:, t] = tok.masked_fill(tok == END, PAD)
-        done = done | (tok == END)
-        if bool(done.all()):
-            break
-        last = tok
-    return tokens, logprobs
+    0-padded and logprobs (N,) incl. END; at most ``max_len`` words then END (as generate)."""
+    start = torch.full((codes.shape[0],), START, dtype=torch.long, device=codes.device)
+    return sample_captions(head.decode_step, head.init_state(codes), start, max_tokens=int(max_len),
+                           end_token=END, pad_token=PAD)

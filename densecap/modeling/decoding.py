@@ -283,3 +283,46 @@ def generate_captions(
     )
     tokens = res.tokens.masked_fill(res.tokens == end_token, pad_token)[:, :, :T]  # B N T
     return tokens, res.logprobs.float()
+
+
+def sample_captions(
+    decode_step: StepFn,
+    init_state: Any,
+    start_tokens: Tensor,
+    *,
+    max_tokens: int,
+    end_token: int,
+    pad_token: int = 0,
+    greedy: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """One caption per row drawn word by word from ``decode_step`` (``greedy``: the argmax word),
+    keeping the autograd graph (self-critical training). ``max_tokens`` means what it means for
+    :func:`generate_captions`: at most that many words, then the end token, scored with its real
+    probability, so a sampled caption's log-probability is the decoder's teacher-forced score.
+
+    Returns tokens int64 (B, max_tokens) words, pad after the caption (no START/END), and logprobs
+    (B,): the total log-probability of the words and of the end token.
+    """
+    T = int(max_tokens)
+    B, dev = start_tokens.shape[0], start_tokens.device
+    state, last = init_state, start_tokens
+    done = torch.zeros((B,), dtype=torch.bool, device=dev)  # B
+    logprobs = torch.zeros((B,), dtype=torch.float32, device=dev)  # B
+    tokens = torch.full((B, T), pad_token, dtype=torch.long, device=dev)  # B T
+    for t in range(T + 1):
+        logp, state = decode_step(state, last)  # B V
+        if t == T:  # the (T+1)-th token is the end token
+            logprobs = logprobs + logp[:, end_token].float().masked_fill(done, 0.0)
+            break
+        if greedy:
+            tok = logp.detach().argmax(dim=-1)  # B
+        else:
+            tok = torch.multinomial(logp.detach().float().exp(), 1).squeeze(1)  # B
+        logprobs = logprobs + logp.gather(1, tok[:, None]).squeeze(1).float().masked_fill(done, 0.0)
+        tok = tok.masked_fill(done, pad_token)
+        tokens[:, t] = tok.masked_fill(tok == end_token, pad_token)
+        done = done | (tok == end_token)
+        if bool(done.all()):
+            break
+        last = tok
+    return tokens, logprobs

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import END, PAD, START, Vocabulary
-from densecap.modeling.decoding import generate_captions
+from densecap.modeling.decoding import generate_captions, sample_captions
 from densecap.modeling.language_model import caption_targets
 
 from .losses import caption_nll, token_logprobs
@@ -205,32 +205,20 @@ class ImageCaptionHead(nn.Module):
         keeping the graph (for self-critical training; dropout follows ``self.training``, attention is
         deterministic: the expectation for hard attention).
 
-        At most ``max_len`` tokens incl. END (an unfinished caption keeps its ``max_len`` words).
-        Returns tokens int64 (B, max_len) 0-padded words without START/END and logprobs (B,): the
-        total log-probability of the emitted tokens, END included when emitted.
+        At most ``max_len`` words, then END (as :meth:`generate`;
+        :func:`~densecap.modeling.decoding.sample_captions`). Returns tokens int64 (B, max_len)
+        0-padded words without START/END and logprobs (B,): the total log-probability of the words
+        and of END.
         """
         B, dev = features.shape[0], features.device
-        state = self.init_state(features, valid_mask)
-        last = torch.full((B,), START, dtype=torch.long, device=dev)  # B
-        done = torch.zeros((B,), dtype=torch.bool, device=dev)  # B
-        logprobs = features.new_zeros((B,), dtype=torch.float32)  # B
-        tokens = torch.zeros((B, int(max_len)), dtype=torch.long, device=dev)  # B T
-        for t in range(int(max_len)):
-            logits, state, _aux = self.step(state, last, "test")  # B V
-            logp = F.log_softmax(logits.float() / float(temperature), dim=-1)  # B V
-            if greedy:
-                tok = logp.detach().argmax(dim=-1)  # B
-            else:
-                tok = torch.multinomial(logp.detach().exp(), 1).squeeze(1)  # B
-            lp = logp.gather(1, tok[:, None]).squeeze(1)  # B
-            logprobs = logprobs + lp.masked_fill(done, 0.0)
-            tok = tok.masked_fill(done, PAD)
-            tokens[:, t] = tok.masked_fill(tok == END, PAD)
-            done = done | (tok == END)
-            if bool(done.all()):
-                break
-            last = tok
-        return tokens, logprobs
+
+        def step(state, tokens):
+            logits, state, _aux = self.step(state, tokens, "test")
+            return F.log_softmax(logits.float() / float(temperature), dim=-1), state
+
+        start = torch.full((B,), START, dtype=torch.long, device=dev)  # B
+        return sample_captions(step, self.init_state(features, valid_mask), start, max_tokens=int(max_len),
+                               end_token=END, pad_token=PAD, greedy=greedy)
 
     @torch.no_grad()
     def attention_maps(self, features: Tensor, captions: Tensor, valid_mask: Optional[Tensor] = None) -> Tensor:
