@@ -11,7 +11,8 @@ from densecap.modeling import build_model
 from densecap.modeling.anchors import AnchorGenerator
 from densecap.modeling.backbone import resolve_weights
 from densecap.modeling.language_model import LSTMCaptionDecoder, caption_targets, load_word_vectors
-from densecap.modeling.postprocess import select_detections, to_original_frame
+from densecap.modeling.postprocess import select_detections
+from densecap.modeling.transform import DenseCapTransform
 from densecap.modeling.rpn import sample_boxes
 from densecap.structures import Instances
 
@@ -364,7 +365,8 @@ def test_postprocess_functions():
     assert select_detections(boxes, scores, nms_thresh=0.3, max_detections=2).tolist() == [1, 3]
     assert select_detections(boxes, scores, nms_thresh=0.3, score_thresh=0.2).tolist() == [1, 3]
     assert select_detections(boxes, scores, nms_thresh=1.0).tolist() == [1, 3, 0, 2]
-    xywh = to_original_frame(torch.tensor([[10.0, 20.0, 30.0, 60.0], [-4.0, 0.0, 300.0, 8.0]]), 0.5, 100, 120)
+    tf = DenseCapTransform(pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    xywh = tf.postprocess(torch.tensor([[10.0, 20.0, 30.0, 60.0], [-4.0, 0.0, 300.0, 8.0]]), 0.5, 100, 120)
     assert xywh.tolist() == [[20.0, 40.0, 40.0, 60.0], [0.0, 0.0, 120.0, 16.0]]
 
 

@@ -137,9 +137,11 @@ class RegionDetector(nn.Module):
 
 
 def preprocess(model: nn.Module, image_chw: Tensor, height: int, width: int) -> Tensor:
-    """float32 (1, 3, H, W): a resized uint8 (3, h, w) image normalised and zero-padded to (H, W),
-    as ``model.preprocess_image`` does (which pads only to the backbone's size divisibility)."""
+    """float32 (1, 3, H, W): a resized uint8 (3, h, w) image normalised by ``model.transform`` and
+    zero-padded to the fixed (H, W) of the exported graph (the transform itself pads only to the
+    backbone's size divisibility)."""
     out = torch.zeros((1, 3, int(height), int(width)), dtype=torch.float32)
     h, w = image_chw.shape[-2:]
-    out[0, :, :h, :w] = (image_chw.float() - model.pixel_mean.cpu()) / model.pixel_std.cpu()
+    x, _ = model.transform([{"image": image_chw}])  # 1 3 h' w', h' >= h, w' >= w
+    out[0, :, :h, :w] = x[0, :, :h, :w].cpu()
     return out

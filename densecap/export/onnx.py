@@ -61,16 +61,15 @@ def export_onnx(model, path: str, *, height: int, width: int, opset: int = 17) -
 
 
 class _Runner:
-    """Shared preprocessing: resize the longest side to ``image_size``, normalise, pad to (H, W)."""
+    """Shared preprocessing: the model's transform (resize the longest side to ``image_size``,
+    normalise), padded to the exported (H, W)."""
 
     def __init__(self, model, image_size: int, height: int, width: int) -> None:
         self.model, self.image_size, self.hw = model, int(image_size), (int(height), int(width))
 
     def prepare(self, image: np.ndarray) -> Tuple:
-        from densecap.data.image_io import resize_longest_side
-
         h0, w0 = image.shape[:2]
-        resized, scale = resize_longest_side(np.ascontiguousarray(image), self.image_size)
+        resized, scale = self.model.transform.resize(np.ascontiguousarray(image), self.image_size)
         chw = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
         x = preprocess(self.model, chw, *self.hw)
         return (x, torch.tensor([float(chw.shape[1]), float(chw.shape[2])]), torch.tensor([float(h0), float(w0)]),

@@ -116,7 +116,8 @@ def caption_image_with_attention(model, image_path: str, out_path: str, max_size
 
     img = read_image(image_path)
     size = int(max_size) if max_size else max(img.shape[:2])
-    resized, scale = resize_longest_side(img, size)
+    transform = getattr(model, "transform", None)  # the model's image transform, if it has one
+    resized, scale = transform.resize(img, size) if transform is not None else resize_longest_side(img, size)
     was = model.training
     model.eval()
     try:

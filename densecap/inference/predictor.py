@@ -5,7 +5,8 @@ N: regions of one image, D: region code size, T: caption tokens, M: given boxes.
 The predictor wraps a model that honours the eval contract of ``densecap.modeling`` (see
 :class:`densecap.modeling.meta_arch.DenseCapModel`): it reads images with the project's one loader
 (``densecap.data.image_io.read_image``: EXIF rotation applied, every pixel mode converted), resizes
-them with ``resize_longest_side`` to ``image_size``, builds the model's ``batched_inputs``, runs the
+them with the model's transform (``model.transform.resize``; ``resize_longest_side`` for a model
+without one) to ``image_size``, builds the model's ``batched_inputs``, runs the
 model in batches and returns one :class:`Prediction` per image.
 
 Frames. All boxes the predictor takes (``given_boxes``) and returns are ``[x, y, w, h]`` in pixels
@@ -38,7 +39,6 @@ import torch
 
 from densecap.data.image_io import ImageReadError, read_image, resize_longest_side
 from densecap.modeling.capabilities import IMAGE_CAPTION, capabilities
-from densecap.structures.boxes import clip_xyxy, xywh_to_xyxy, xyxy_to_xywh
 
 from .options import CONFIG_KEYS, InferenceOptions
 
@@ -153,7 +153,7 @@ class DenseCapPredictor:
         cfg=None,
         image_size: int = 720,
         device: Optional[str] = None,
-        score_thresh: float = 0.0,
+        score_thresh: Optional[float] = None,
         image_caption: bool = False,
         batch_size: int = 8,
     ) -> None:
@@ -171,7 +171,8 @@ class DenseCapPredictor:
         else:
             self.device = resolve_device(device)
             model.to(self.device)
-        self.score_thresh = float(score_thresh)
+        if score_thresh is not None:  # None: the model's own (TEST.SCORE_THRESH when built from a config)
+            self.score_thresh = float(score_thresh)
         self.image_caption = bool(image_caption)
         if self.image_caption and not model_has_image_caption(model):
             raise ImageCaptionUnavailable(
@@ -246,6 +247,17 @@ class DenseCapPredictor:
         return cls.from_config(cfg, model, image_caption=image_caption, batch_size=batch_size)
 
     @property
+    def score_thresh(self) -> float:
+        """The minimum score of a detection. The model applies it (once, in its post-processing:
+        ``model.roi_heads.score_thresh``); setting it here sets the model's."""
+        roi = getattr(self.model, "roi_heads", None)
+        return float(getattr(roi, "score_thresh", getattr(self.model, "score_thresh", 0.0)))
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        _set_score_thresh(self.model, float(value))
+
+    @property
     def vocab(self):
         return getattr(self.model, "vocab", None)
 
@@ -261,9 +273,9 @@ class DenseCapPredictor:
         """One entry of the model's ``batched_inputs`` for an RGB uint8 image (H, W, 3)."""
         image = _check_image(image)
         h0, w0 = image.shape[:2]
-        own_resize = getattr(self.model, "resize_image", None)  # a model with its own resize (the original's)
-        if callable(own_resize):
-            resized, scale = own_resize(image, self.image_size)
+        transform = getattr(self.model, "transform", None)  # the model's one image/box transform
+        if callable(getattr(transform, "resize", None)):
+            resized, scale = transform.resize(image, self.image_size)
         else:
             resized, scale = resize_longest_side(image, self.image_size)
         inp: Dict[str, Any] = {
@@ -383,18 +395,8 @@ class DenseCapPredictor:
             if len(exact) and not np.allclose(boxes, exact.astype(np.float32), rtol=1e-4, atol=1e-2):
                 raise RuntimeError("the model changed or reordered the given boxes (contract: exactly those, in order)")
             boxes = exact
-        else:
-            # resizing rounds the image size: keep detections inside the original image (unless the
-            # model says it must not: the original-compatible model reports unclipped boxes)
-            if len(boxes) and getattr(self.model, "clip_boxes_to_image", True):
-                boxes = xyxy_to_xywh(clip_xyxy(xywh_to_xyxy(boxes), h, w)).astype(np.float32)
-        if given is None and self.score_thresh > 0 and len(scores):
-            keep = scores >= self.score_thresh
-            if not keep.all():
-                boxes, scores, logprobs = boxes[keep], scores[keep], logprobs[keep]
-                captions = [c for c, k in zip(captions, keep) if k]
-                tokens = tokens[keep] if tokens is not None else None
-                codes = codes[keep] if codes is not None else None
+        # otherwise the boxes are the model's, already final: thresholded by the model and mapped
+        # to original pixels (and clipped) by its transform
         pred = Prediction(
             height=int(h),
             width=int(w),
@@ -415,6 +417,12 @@ class DenseCapPredictor:
                     s = float(inp.get("scale", 1.0)) or 1.0
                     pred.extra["image_caption_attention_cell"] = (float(cell[0]) / s, float(cell[1]) / s)
         return pred
+
+
+def _set_score_thresh(model: torch.nn.Module, value: float) -> None:
+    for obj in (model, getattr(model, "roi_heads", None)):
+        if obj is not None and hasattr(obj, "score_thresh"):
+            obj.score_thresh = value
 
 
 def _read_image_caption(out: Dict[str, Any], pred: Prediction) -> None:

@@ -6,7 +6,7 @@ N: captions returned per image.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from .capabilities import ATTENTION_MAPS, IMAGE_CAPTION, image_caption_capabilit
 from .image_caption import ImageCaptionHead, build_image_caption_head
 from .image_caption.attach import caption_outputs, feature_valid_mask, pick_feature, training_captions
 from .meta_arch import META_ARCH_REGISTRY, DenseCapModel
+from .transform import DenseCapTransform
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ImageCaptioner(nn.Module):
         num_captions: int = 1,
         length_penalty: float = 0.0,
         block_repeats: bool = False,
+        transform: Optional[DenseCapTransform] = None,
     ) -> None:
         super().__init__()
         if train_captions not in ("sample", "all"):
@@ -80,8 +82,8 @@ class ImageCaptioner(nn.Module):
         self.head = head
         self.vocab = vocab
         self.in_feature = pick_feature(backbone)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.transform = transform if transform is not None else DenseCapTransform(
+            pixel_mean=pixel_mean, pixel_std=pixel_std, size_divisibility=backbone.size_divisibility)
         self.train_captions = train_captions
         self.caption_beam_size = int(beam_size)
         self.caption_max_len = int(max_len)
@@ -115,13 +117,17 @@ class ImageCaptioner(nn.Module):
             num_captions=c.NUM_CAPTIONS,
             length_penalty=c.LENGTH_PENALTY,
             block_repeats=c.BLOCK_REPEATS,
+            transform=DenseCapTransform.from_config(cfg, size_divisibility=backbone.size_divisibility),
         )
 
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.transform.device
 
-    # the DenseCap model's normalise-and-pad (uses only backbone, pixel_mean/std, device)
+    # the DenseCap model's transform: resize (predictor), normalise and pad
+    pixel_mean = DenseCapModel.pixel_mean
+    pixel_std = DenseCapModel.pixel_std
+    resize_image = DenseCapModel.resize_image
     preprocess_image = DenseCapModel.preprocess_image
 
     def extract_features(self, batched_inputs: List[Dict]) -> Tuple[Tensor, Tensor]:

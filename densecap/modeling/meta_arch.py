@@ -15,17 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import Vocabulary
-from densecap.structures import Instances, xywh_to_xyxy
+from densecap.structures import Instances
 
 from .backbone import Backbone, build_backbone
 from .capabilities import ATTENTION_MAPS, IMAGE_CAPTION, REGION_EMBEDDINGS, REGIONS, image_caption_capabilities
 from .image_caption.attach import caption_losses, caption_outputs, feature_valid_mask, pick_feature
 from .joint_inference import JointBoxRefiner
 from .language_model import CaptionDecoder, build_caption_decoder
-from .postprocess import to_original_frame
 from .registry import Registry
 from .roi_heads import DenseCapROIHeads
 from .rpn import RPN
+from .transform import DenseCapTransform
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class DenseCapModel(nn.Module):
     """Fully Convolutional Localization Network for dense captioning (Johnson et al. 2016).
 
     Input: ``batched_inputs``, a list of N dicts (what :class:`DenseCapDataset` yields):
-        image      uint8 (3, H', W') RGB, already resized (longest side ``INPUT.MAX_SIZE``);
-                   normalised (``PIXEL_MEAN/STD``) and padded to a common size inside the model
+        image      uint8 (3, H', W') RGB, already resized (longest side ``INPUT.MAX_SIZE``, by
+                   ``model.transform.resize`` or the dataset); normalised (``PIXEL_MEAN/STD``) and
+                   padded to a common size inside the model by ``model.transform``
         height, width   int, original image size (pixels)
         scale      float, H' / height (default 1.0)
         instances  training only: ``Instances((H', W'), gt_boxes float32 (G, 4) xyxy in the
@@ -67,9 +68,10 @@ class DenseCapModel(nn.Module):
     ``image_captions`` (0 when none has). With the embedding head: ``loss_embed``.
 
     Eval (``model.eval()``): returns a list of N dicts ``{"instances": Instances((height, width),
-        pred_boxes float32 (R, 4) [x, y, w, h] ORIGINAL-image pixels, sorted by score descending
-                   (given boxes: returned exactly as given, in their order),
-        scores float32 (R,) sigmoid of the final objectness, in [0, 1],
+        pred_boxes float32 (R, 4) [x, y, w, h] ORIGINAL-image pixels, sorted by score descending,
+                   clipped to the image (given boxes: returned exactly as given, in their order),
+        scores float32 (R,) sigmoid of the final objectness, in [0, 1], >= ``TEST.SCORE_THRESH``
+                   (applied here, once; given boxes are never thresholded),
         pred_captions list[str] (words joined by spaces, no special tokens),
         pred_caption_tokens int64 (R, T) word ids, 0-padded, no START/END (T = max caption length),
         pred_caption_logprobs float32 (R,) total log-probability of the caption, END included,
@@ -88,6 +90,12 @@ class DenseCapModel(nn.Module):
     ``model.rpn.nms_thresh``, ``model.rpn.pre_nms_topk``, ``model.rpn.post_nms_topk``
     (MODEL.RPN.*_TEST); with an image-caption head ``caption_beam_size``, ``caption_max_len``,
     ``num_captions``, ``length_penalty``, ``block_repeats`` (MODEL.IMAGE_CAPTION.*).
+
+    Frames: ``model.transform`` (:class:`~densecap.modeling.transform.DenseCapTransform`) resizes
+    and normalises on the way in and maps boxes back to original pixels on the way out (the one
+    clip to the original image). Inside the model boxes are xyxy in the resized input frame, named
+    ``proposal_boxes`` / ``pred_boxes_resized`` (clipped to the resized input before the final NMS);
+    ``pred_boxes`` is only the output above.
 
     ``model.capabilities`` (:mod:`densecap.modeling.capabilities`): ``regions``, plus
     ``image_caption`` / ``attention_maps`` with an image-caption head (attention heads) and
@@ -117,6 +125,7 @@ class DenseCapModel(nn.Module):
         length_penalty: float = 0.0,
         block_repeats: bool = False,
         joint_box_head: Optional[JointBoxRefiner] = None,
+        transform: Optional[DenseCapTransform] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -124,8 +133,8 @@ class DenseCapModel(nn.Module):
         self.roi_heads = roi_heads
         self.caption_head = caption_head
         self.vocab = vocab
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.transform = transform if transform is not None else DenseCapTransform(
+            pixel_mean=pixel_mean, pixel_std=pixel_std, size_divisibility=backbone.size_divisibility)
         self.caption_loss_weight = float(caption_loss_weight)
         self.beam_size = int(beam_size)
         self.max_caption_len = int(max_caption_len)
@@ -163,6 +172,8 @@ class DenseCapModel(nn.Module):
             caps.add(REGION_EMBEDDINGS)
         return frozenset(caps)
 
+    transform_class = DenseCapTransform  # the input/output transform this model builds (from_config)
+
     @classmethod
     def from_config(cls, cfg, vocab: Vocabulary) -> "DenseCapModel":
         backbone = build_backbone(cfg)
@@ -192,25 +203,30 @@ class DenseCapModel(nn.Module):
                 hidden_size=cfg.MODEL.CAPTION.HIDDEN_SIZE, loss_weight=cfg.MODEL.ROI.LOSS_WEIGHT_BOX,
                 smooth_l1_beta=cfg.MODEL.ROI.SMOOTH_L1_BETA,
             ) if cfg.MODEL.ROI_HEADS.JOINT_INFERENCE else None,
+            transform=cls.transform_class.from_config(cfg, size_divisibility=backbone.size_divisibility),
         )
 
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.transform.device
+
+    @property
+    def pixel_mean(self) -> Tensor:
+        return self.transform.pixel_mean
+
+    @property
+    def pixel_std(self) -> Tensor:
+        return self.transform.pixel_std
 
     # ---- input ------------------------------------------------------------------------------
+    def resize_image(self, image, size: Optional[int] = None):
+        """``self.transform.resize``: an RGB uint8 (H, W, 3) image -> (resized image, scale)."""
+        return self.transform.resize(image, size)
+
     def preprocess_image(self, batched_inputs: Sequence[Dict]) -> Tuple[Tensor, List[Tuple[int, int]]]:
-        """Normalise and pad (bottom/right, zeros after normalisation) to a multiple of the
-        backbone's ``size_divisibility``. Returns images (N, 3, H, W) and [(H'_i, W'_i)]."""
-        imgs = [x["image"].to(self.device, non_blocking=True) for x in batched_inputs]
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in imgs]
-        div = max(int(self.backbone.size_divisibility), 1)
-        H = -(-max(s[0] for s in sizes) // div) * div
-        W = -(-max(s[1] for s in sizes) // div) * div
-        batch = torch.zeros((len(imgs), 3, H, W), dtype=torch.float32, device=self.device)  # N 3 H W
-        for i, im in enumerate(imgs):
-            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im.float() - self.pixel_mean) / self.pixel_std
-        return batch, sizes
+        """``self.transform(batched_inputs)``: images (N, 3, H, W) normalised and padded, and
+        [(H'_i, W'_i)]."""
+        return self.transform(batched_inputs)
 
     def _gt_instances(self, batched_inputs: Sequence[Dict]) -> List[Instances]:
         out = []
@@ -309,7 +325,7 @@ class DenseCapModel(nn.Module):
         for i, x in enumerate(batched_inputs):
             if given[i]:
                 gb = torch.as_tensor(x["given_boxes"], dtype=torch.float32, device=self.device).reshape(-1, 4)
-                proposals[i] = Instances(sizes[i], proposal_boxes=xywh_to_xyxy(gb) * float(x.get("scale", 1.0)))
+                proposals[i] = Instances(sizes[i], proposal_boxes=self.transform.boxes_to_resized(gb, float(x.get("scale", 1.0))))
         dets = self.roi_heads.forward_test(features, proposals, refine=[not g for g in given])
         codes = torch.cat([d.region_codes for d in dets], dim=0)  # R D
         tokens, logprobs = self.caption_head.generate(
@@ -317,7 +333,8 @@ class DenseCapModel(nn.Module):
         )  # R T, R
         if self.joint_box_head is not None:  # joint inference: each caption's final state moves its box
             hidden = self.caption_head.final_hidden(codes, tokens).split([len(d) for d in dets])  # R H
-            dets = [d if g else Instances(d.image_size, pred_boxes=self.joint_box_head.refine(h, d.pred_boxes, d.image_size),
+            dets = [d if g else Instances(d.image_size, pred_boxes_resized=self.joint_box_head.refine(h, d.pred_boxes_resized,
+                                                                                                   d.image_size),
                                           scores=d.scores, region_codes=d.region_codes)
                     for d, h, g in zip(dets, hidden, given)]
         results, start = [], 0
@@ -330,7 +347,7 @@ class DenseCapModel(nn.Module):
             if given[i]:
                 boxes = torch.as_tensor(x["given_boxes"], dtype=torch.float32).reshape(-1, 4).clone().cpu()
             else:
-                boxes = to_original_frame(d.pred_boxes, scale, height, width).cpu()
+                boxes = self.transform.postprocess(d.pred_boxes_resized, scale, height, width).cpu()
             inst = Instances(
                 (height, width),
                 pred_boxes=boxes,

@@ -1,9 +1,9 @@
-"""Post-processing: the final detection selection and the user-facing output format.
+"""Post-processing: the final detection selection.
 
 * :func:`select_detections` (per image, input frame): score threshold, NMS on the refined boxes
   ranked by objectness, and a cap on the number kept; result sorted by score, descending.
-* :func:`to_original_frame`: xyxy boxes of the resized input -> ``[x, y, w, h]`` in ORIGINAL image
-  pixels (divided by the input's ``scale``, clipped to ``(width, height)``).
+
+Boxes go back to original pixels in :meth:`densecap.modeling.transform.DenseCapTransform.postprocess`.
 
 Shapes: P: candidate boxes, D: region code dim.
 """
@@ -15,11 +15,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from densecap.structures import clip_xyxy, xyxy_to_xywh
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["select_detections", "to_original_frame"]
+__all__ = ["select_detections"]
 
 
 def select_detections(
@@ -42,9 +40,3 @@ def select_detections(
         idx = idx[:max_detections]
     return idx
 
-
-def to_original_frame(boxes_xyxy: Tensor, scale: float, height: int, width: int) -> Tensor:
-    """Input-frame xyxy (P, 4) -> float32 [x, y, w, h] (P, 4) in original-image pixels."""
-    b = boxes_xyxy.detach().float() / float(scale)
-    b = clip_xyxy(b, float(height), float(width))
-    return xyxy_to_xywh(b).to(torch.float32)

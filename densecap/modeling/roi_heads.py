@@ -209,7 +209,8 @@ class DenseCapROIHeads(nn.Module):
     def forward_test(
         self, features: Dict[str, Tensor], proposals: Sequence[Instances], refine: Optional[Sequence[bool]] = None
     ) -> List[Instances]:
-        """Per image ``Instances(pred_boxes (n, 4) xyxy input frame, scores (n,), region_codes (n, code_dim))``.
+        """Per image ``Instances(pred_boxes_resized (n, 4) xyxy input frame (clipped to it), scores (n,),
+        region_codes (n, code_dim))``; ``score_thresh`` is applied here (the model's only score threshold).
 
         ``refine[i] = False``: image i's proposals are user boxes: no refinement, no selection.
         """
@@ -233,12 +234,12 @@ class DenseCapROIHeads(nn.Module):
                     )
                 ]
                 boxes, s, c = boxes[keep], s[keep], c[keep]
-            out.append(Instances(p.image_size, pred_boxes=boxes, scores=s, region_codes=c))
+            out.append(Instances(p.image_size, pred_boxes_resized=boxes, scores=s, region_codes=c))
         if self.context:
             fused = self._with_context(
-                features, torch.cat([o.region_codes for o in out]), [o.pred_boxes for o in out],
+                features, torch.cat([o.region_codes for o in out]), [o.pred_boxes_resized for o in out],
                 [o.image_size for o in out],
             ).split([len(o) for o in out])
-            out = [Instances(o.image_size, pred_boxes=o.pred_boxes, scores=o.scores, region_codes=f)
+            out = [Instances(o.image_size, pred_boxes_resized=o.pred_boxes_resized, scores=o.scores, region_codes=f)
                    for o, f in zip(out, fused)]
         return out

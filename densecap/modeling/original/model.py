@@ -4,9 +4,10 @@ The same modules as :class:`densecap.modeling.DenseCapModel` (so training, check
 fine-tuning work unchanged) with the original's layer shapes, and an inference path that
 reproduces the original ``run_model.lua`` / ``DenseCapModel:forward_test`` step by step:
 
-1. (predictor) ``image.scale`` to ``INPUT.MAX_SIZE`` on the longest side
-   (:meth:`OriginalDenseCapModel.resize_image`, torch/image's rounding), then BGR x 255 minus
-   ``MODEL.PIXEL_MEAN`` (BGR, 103.939 116.779 123.68), no std, no padding;
+1. ``model.transform`` (:class:`~densecap.modeling.transform.OriginalImageTransform`):
+   ``image.scale`` to ``INPUT.MAX_SIZE`` on the longest side (``resize``, called by the predictor;
+   torch/image's rounding), then BGR x 255 minus ``MODEL.PIXEL_MEAN`` (BGR, 103.939 116.779
+   123.68), no std, no padding;
 2. VGG-16 conv1_1 .. relu5_3 with ceil-mode 2x2 max pooling (as loadcaffe builds it;
    ``vgg16_original`` backbone, conv widths ``MODEL.ORIGINAL.CONV_WIDTHS``);
 3. RPN: 3x3 conv + ReLU, 1x1 convs for 4k box deltas and 2k (positive, negative) scores per
@@ -26,7 +27,7 @@ reproduces the original ``run_model.lua`` / ``DenseCapModel:forward_test`` step 
 
 Output (eval): the eval contract of ``DenseCapModel`` with boxes ``[x, y, w, h]`` in ORIGINAL
 image pixels: the original's (x, y, w, h) in the resized frame (1-based top-left pixel) mapped
-with ``x0 = (x - 1) * W / W'``, ``w0 = w * W / W'`` (``ops.original_to_image_pixels``), **not
+with ``x0 = (x - 1) * W / W'``, ``w0 = w * W / W'`` (``transform.postprocess_original``), **not
 clipped** to the image (the original does not clip after the final regression);
 ``scores`` = sigmoid of the original's objectness logit (same order: the final NMS order,
 descending logit); ``objectness_logits`` the raw logits as the original reports them;
@@ -42,7 +43,6 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,6 +53,7 @@ from densecap.structures import Instances
 from ..backbone import BACKBONE_REGISTRY, Backbone
 from ..meta_arch import META_ARCH_REGISTRY, DenseCapModel
 from ..rpn import RPNHead
+from ..transform import OriginalImageTransform
 from . import ops
 
 logger = logging.getLogger(__name__)
@@ -136,10 +137,11 @@ class OriginalRPNHead(RPNHead):
 @META_ARCH_REGISTRY.register("DenseCapOriginal")
 class OriginalDenseCapModel(DenseCapModel):
     """See the module docstring. Batched inputs as ``DenseCapModel``; at eval ``image`` is the
-    float32 [0, 1] RGB image resized by :meth:`resize_image` (the predictor does this) or a
+    float32 [0, 1] RGB image resized by ``model.transform.resize`` (the predictor does this) or a
     uint8 image already resized."""
 
-    clip_boxes_to_image = False  # the predictor must not clip: the original does not
+    clip_boxes_to_image = False  # final boxes are not clipped: the original does not
+    transform_class = OriginalImageTransform  # image.scale, BGR x 255 - mean, no padding; unclipped boxes out
     exact_sampler = False  # True: the sampler in the original's order of float operations (slower)
     # how the predictor reads image files for this model: as the original's image.load(path, 3)
     # (pixels as stored: no EXIF rotation; transparency ignored, not composited on white)
@@ -158,31 +160,6 @@ class OriginalDenseCapModel(DenseCapModel):
         model.backbone.freeze(int(cfg.MODEL.BACKBONE.FREEZE_AT))
         model.image_size = int(cfg.INPUT.MAX_SIZE)
         return model
-
-    # ---- input ------------------------------------------------------------------------------
-    @staticmethod
-    def resize_image(image: np.ndarray, size: int) -> Tuple[np.ndarray, float]:
-        """The original's ``image.scale(img, size)``: uint8 (H, W, 3) RGB -> (float32 (H', W', 3)
-        RGB in [0, 1], H' / H)."""
-        out = ops.torch7_image_scale(image, int(size))
-        return out, out.shape[0] / float(image.shape[0])
-
-    def preprocess_image(self, batched_inputs: Sequence[Dict]) -> Tuple[Tensor, List[Tuple[int, int]]]:
-        """BGR x 255 minus the VGG mean (``PIXEL_MEAN`` in BGR order), divided by ``PIXEL_STD``
-        (1 for the original); float [0, 1] images (from :meth:`resize_image`) are multiplied by 255
-        in float32 as the original does, uint8 images are used as they are. Padded (zeros) only
-        when a batch mixes sizes; the original runs one image at a time."""
-        imgs = []
-        for x in batched_inputs:
-            im = x["image"].to(self.device)
-            im = im.float() * 255.0 if im.is_floating_point() else im.float()
-            imgs.append(im.flip(0))  # RGB -> BGR
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in imgs]
-        H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        batch = torch.zeros((len(imgs), 3, H, W), dtype=torch.float32, device=self.device)
-        for i, im in enumerate(imgs):
-            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - self.pixel_mean) / self.pixel_std
-        return batch, sizes
 
     # ---- inference --------------------------------------------------------------------------
     @torch.no_grad()
@@ -249,17 +226,17 @@ class OriginalDenseCapModel(DenseCapModel):
         xywh = ops.xcycwh_to_xywh(final)  # the original's output, resized frame
         height = int(x.get("height", H))
         width = int(x.get("width", W))
-        boxes_img = ops.original_to_image_pixels(xywh.numpy(), (H, W), (height, width))
+        boxes_img = self.transform.postprocess_original(xywh, (H, W), height, width)  # P 4, not clipped
         score = torch.sigmoid(logit.double()).float()
         sel = torch.ones(len(score), dtype=torch.bool)
-        if self.roi_heads.score_thresh > 0:
+        if self.roi_heads.score_thresh > 0:  # the model's only score threshold
             sel &= score >= self.roi_heads.score_thresh
         sel_idx = torch.nonzero(sel).flatten()
         if self.roi_heads.detections_per_image > 0:
             sel_idx = sel_idx[: self.roi_heads.detections_per_image]
         inst = Instances(
             (height, width),
-            pred_boxes=torch.from_numpy(boxes_img).float()[sel_idx],
+            pred_boxes=boxes_img[sel_idx],
             scores=score[sel_idx],
             objectness_logits=logit[sel_idx].float(),
             boxes_resized_xywh=xywh[sel_idx].float(),
