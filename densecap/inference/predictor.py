@@ -41,6 +41,7 @@ from densecap.modeling.capabilities import IMAGE_CAPTION, capabilities
 from densecap.structures.boxes import clip_xyxy, xywh_to_xyxy, xyxy_to_xywh
 
 from .options import CONFIG_KEYS, InferenceOptions
+from .speed import optimize_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,10 @@ class DenseCapPredictor:
     def from_config(
         cls, cfg, model: torch.nn.Module, *, image_caption: bool = False, batch_size: int = 8
     ) -> "DenseCapPredictor":
+        """A predictor with the config's test-time options, its speed levers applied to ``model``
+        (``TEST.FOLD_BN``, ``TEST.CHANNELS_LAST``, ``TEST.QUANTIZE``: see
+        :mod:`densecap.inference.speed`; they change the model in place)."""
+        optimize_for_inference(model, cfg)
         return cls(
             model,
             cfg=cfg,
