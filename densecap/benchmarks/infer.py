@@ -23,6 +23,11 @@ reported too. The matmul rate is the best of 10 timings: on a shared machine it 
 load (94-193 GFLOP/s on one thread here), so the floor is the unloaded one and the distance from it
 includes the load.
 
+Test-time levers: the DenseCap model gets the predictor's (``optimize_for_inference``: frozen batch
+norms folded, channels_last backbone by default; ``TEST.FOLD_BN False TEST.CHANNELS_LAST False``
+measures the plain path, ``TEST.QUANTIZE int8`` the opt-in quantization). Both models run under
+``torch.inference_mode``. The peer is torchvision's model as users get it, nothing folded.
+
 Headline ``ratio`` = median DenseCap seconds per image / median detector seconds per image
 (target <= 1.25).
 
@@ -37,6 +42,8 @@ import logging
 from typing import Dict
 
 import torch
+
+from densecap.inference.speed import optimize_for_inference
 
 from . import _rcnn_common as C
 
@@ -83,6 +90,9 @@ def run(args) -> Dict:
     peer = C.build_peer(H, W, args.freeze_at)
     model.eval()
     peer.eval()
+    # the predictor's test-time levers (TEST.FOLD_BN, TEST.CHANNELS_LAST, TEST.QUANTIZE; see
+    # densecap/inference/speed.py); both models run under torch.inference_mode, as the predictor does
+    optimize_for_inference(model, cfg)
 
     B = int(args.batch)
     nb = n // B
@@ -92,7 +102,7 @@ def run(args) -> Dict:
 
     # survivors of the final NMS without a cap (one untimed pass over every batch)
     model.roi_heads.detections_per_image = 0
-    with torch.no_grad():
+    with torch.inference_mode():
         uncapped = [len(r["instances"]) for b in dc_batches for r in model(b)]
     model.roi_heads.detections_per_image = int(args.detections)
     logger.info("final NMS survivors per image without a cap: %s; cap %d", uncapped, args.detections)
@@ -100,7 +110,7 @@ def run(args) -> Dict:
     captioned, detected, caption_words = [], [], []
 
     def step_a(i: int) -> None:
-        with torch.no_grad():
+        with torch.inference_mode():
             out = model(dc_batches[i])
         for r in out:
             inst = r["instances"]
@@ -108,7 +118,7 @@ def run(args) -> Dict:
             caption_words.extend(int((t != 0).sum()) for t in inst.pred_caption_tokens)
 
     def step_b(i: int) -> None:
-        with torch.no_grad():
+        with torch.inference_mode():
             out = peer(pr_batches[i])
         detected.extend(len(o["boxes"]) for o in out)
 
@@ -137,6 +147,7 @@ def run(args) -> Dict:
         "detector_rpn_post_nms_top_n": peer.rpn._post_nms_top_n["testing"],
         "detector_rpn_pre_nms_top_n_per_level": peer.rpn._pre_nms_top_n["testing"],
         "beam_size": model.beam_size,
+        "inference_levers": dict(model._inference_levers),
         "vocab_size": len(vocab),
         "batch_size": B,
         "images": n,

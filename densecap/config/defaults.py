@@ -332,6 +332,13 @@ _C.TEST.BEAM_SIZE = 1
 _C.TEST.LENGTH_ALPHA = 0.0
 # Original's behaviour for predictions that overlap no GT box (marks the last GT as used).
 _C.TEST.UNMATCHED_QUIRK = True
+# Test-time speed levers (densecap/inference/speed.py), applied by the predictor:
+# fold frozen batch norms into the convolutions before them (same outputs up to float rounding)
+_C.TEST.FOLD_BN = True
+# run the backbone in channels_last memory format (same outputs up to float rounding)
+_C.TEST.CHANNELS_LAST = True
+# "" or "int8": dynamic int8 quantization of the nn.Linear layers (opt-in; changes outputs slightly)
+_C.TEST.QUANTIZE = ""
 
 _C.OUTPUT_DIR = "./output"
 # torch intra-op threads (0 = torch's default, one per core). On a small shared CPU, 1 thread plus

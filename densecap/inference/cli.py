@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-proposals", type=int, default=None, help="proposals after RPN NMS (MODEL.RPN.POST_NMS_TOPK_TEST, 1000)")
     g.add_argument("--beam-size", type=int, default=None, help="caption beam size (TEST.BEAM_SIZE, 1 = greedy)")
     g.add_argument("--score-thresh", type=float, default=None, help="drop boxes scoring below (TEST.SCORE_THRESH, 0)")
+    g.add_argument("--quantize", default=None, choices=("int8",),
+                   help="dynamic int8 quantization of the linear layers (TEST.QUANTIZE; faster, outputs change slightly)")
     g.add_argument("--batch-size", type=int, default=1, help="images per forward pass (results do not depend on it)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--workers", type=int, default=2,
@@ -351,6 +353,8 @@ def _build_predictor(args) -> DenseCapPredictor:
     opts = list(args.opts or [])
     if args.num_captions is not None:  # top-N whole-image captions (the beam widens to N if needed)
         opts += ["MODEL.IMAGE_CAPTION.NUM_CAPTIONS", int(args.num_captions)]
+    if getattr(args, "quantize", None):
+        opts += ["TEST.QUANTIZE", args.quantize]
     return DenseCapPredictor.from_checkpoint(
         args.weights,
         config_file=args.config_file or None,

@@ -41,6 +41,7 @@ from densecap.data.image_io import ImageReadError, read_image, resize_longest_si
 from densecap.modeling.capabilities import IMAGE_CAPTION, capabilities
 
 from .options import CONFIG_KEYS, InferenceOptions
+from .speed import optimize_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,10 @@ class DenseCapPredictor:
     def from_config(
         cls, cfg, model: torch.nn.Module, *, image_caption: bool = False, batch_size: int = 8
     ) -> "DenseCapPredictor":
+        """A predictor with the config's test-time options, its speed levers applied to ``model``
+        (``TEST.FOLD_BN``, ``TEST.CHANNELS_LAST``, ``TEST.QUANTIZE``: see
+        :mod:`densecap.inference.speed`; they change the model in place)."""
+        optimize_for_inference(model, cfg)
         return cls(
             model,
             cfg=cfg,

@@ -1,0 +1,113 @@
+"""Test-time speed levers (densecap/inference/speed.py): the default ones (frozen batch norms
+folded, channels_last backbone, inference mode) give the boxes and captions of the plain path;
+the opt-in int8 quantization runs and gives valid output."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from conftest import tiny_config
+from densecap.data.tokenizer import Vocabulary
+from densecap.inference.predictor import DenseCapPredictor
+from densecap.inference.speed import fold_frozen_batchnorm, optimize_for_inference
+from densecap.modeling import build_model
+
+
+def _cfg(*opts):
+    return tiny_config("MODEL.DEVICE", "cpu", "MODEL.BACKBONE.NORM", "FrozenBN", "MODEL.BACKBONE.WEIGHTS", "",
+                       "TEST.DETECTIONS_PER_IMAGE", 20, *opts)
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg, Vocabulary([f"w{i}" for i in range(40)])).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # statistics far from the identity, so folding changes the weights
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                c = m.weight.numel()
+                m.weight.copy_(1 + 0.3 * torch.randn(c, generator=g))
+                m.bias.copy_(0.3 * torch.randn(c, generator=g))
+                m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+    return model
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), rng.integers(0, 256, (128, 80, 3), dtype=np.uint8)]
+
+
+@pytest.fixture(scope="module")
+def plain_predictions():
+    cfg = _cfg()
+    model = _model(cfg)
+    plain = DenseCapPredictor(model, image_size=int(cfg.INPUT.MAX_SIZE), device="cpu")  # no levers
+    outs = plain.predict(_images())  # the unoptimised path: nothing folded, NCHW
+    assert not hasattr(model, "_inference_levers")
+    return outs
+
+
+def test_fold_is_exact_function():
+    model = _model(_cfg())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.backbone(x)
+        n = fold_frozen_batchnorm(model)
+        got = model.backbone(x)
+    assert n > 0
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("opts", [(), ("TEST.CHANNELS_LAST", False), ("TEST.FOLD_BN", False)])
+def test_levers_keep_boxes_and_captions(plain_predictions, opts):
+    cfg = _cfg(*opts)
+    model = _model(cfg)
+    fast = DenseCapPredictor.from_config(cfg, model)
+    levers = model._inference_levers
+    assert levers["fold_bn"] == (0 if "TEST.FOLD_BN" in opts else levers["fold_bn"]) and levers["quantize"] == ""
+    assert levers["channels_last"] == ("TEST.CHANNELS_LAST" not in opts)
+    if "TEST.FOLD_BN" not in opts:
+        assert levers["fold_bn"] > 0
+    got = fast.predict(_images())
+    for a, b in zip(plain_predictions, got):
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(b.boxes, a.boxes, rtol=0, atol=1e-4)
+        assert b.captions == a.captions
+        np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=1e-5)
+
+
+def test_levers_apply_once():
+    cfg = _cfg()
+    model = _model(cfg)
+    optimize_for_inference(model, cfg)
+    weights = copy.deepcopy(model.state_dict())
+    optimize_for_inference(model, cfg)  # the predictor built from it again: nothing folded twice
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+def test_int8_runs_and_gives_valid_output(plain_predictions):
+    cfg = _cfg("TEST.QUANTIZE", "int8")
+    model = _model(cfg)
+    pred = DenseCapPredictor.from_config(cfg, model)
+    assert model._inference_levers["quantize"] == "int8"
+    assert isinstance(model.roi_heads.objectness, torch.ao.nn.quantized.dynamic.Linear)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    for p, ref in zip(pred.predict(_images()), plain_predictions):
+        assert 0 < len(p) <= 20 and abs(len(p) - len(ref)) <= 3  # the NMS may keep a box more or less
+        assert np.isfinite(p.boxes).all() and (p.boxes[:, 2:] > 0).all()
+        assert (p.boxes[:, 0] >= 0).all() and (p.boxes[:, 0] + p.boxes[:, 2] <= p.width + 1e-3).all()
+        assert (p.boxes[:, 1] >= 0).all() and (p.boxes[:, 1] + p.boxes[:, 3] <= p.height + 1e-3).all()
+        assert ((p.scores >= 0) & (p.scores <= 1)).all() and np.all(np.diff(p.scores) <= 1e-6)
+        assert all(isinstance(c, str) for c in p.captions) and np.isfinite(p.caption_logprobs).all()
+
+
+def test_bad_quantize_value_is_an_error():
+    cfg = _cfg("TEST.QUANTIZE", "int4")
+    with pytest.raises(ValueError, match="TEST.QUANTIZE"):
+        optimize_for_inference(_model(cfg), cfg)
