@@ -112,6 +112,20 @@ def _caption(v) -> Optional[str]:
     return v.strip()
 
 
+def _add_region(b, problems, where: str, image_id: int, raw_box, raw_caption, region_id=None,
+                bad_box_detail: Optional[str] = None) -> None:
+    """Add one region to ``b``, or report why it is left out (a malformed box, no caption): never invents data."""
+    box = _box(raw_box)
+    if box is None:
+        problems.add("bad_box", where if bad_box_detail is None else f"{where}: {bad_box_detail}")
+        return
+    cap = _caption(raw_caption)
+    if cap is None:
+        problems.add("missing_caption", where)
+        return
+    b.region(image_id, box, cap, region_id if isinstance(region_id, int) else None)
+
+
 class _Builder:
     def __init__(self) -> None:
         self.images: List[dict] = []
@@ -167,15 +181,8 @@ def from_csv(path: str, image_root: str = "", problems: Optional[Problems] = Non
             if iid is None:
                 problems.add("region_of_unknown_image", where)
                 continue
-            box = _box([row.get(k) for k in ("x", "y", "w", "h")])
-            if box is None:
-                problems.add("bad_box", f"{where}: {[row.get(k) for k in ('x', 'y', 'w', 'h')]}")
-                continue
-            cap = _caption(row.get("caption"))
-            if cap is None:
-                problems.add("missing_caption", where)
-                continue
-            b.region(iid, box, cap)
+            raw = [row.get(k) for k in ("x", "y", "w", "h")]
+            _add_region(b, problems, where, iid, raw, row.get("caption"), bad_box_detail=str(raw))
     return b.doc()
 
 
@@ -303,15 +310,8 @@ def from_coco(path: str, image_root: str = "", problems: Optional[Problems] = No
         if not isinstance(a, dict) or a.get("image_id") not in ids:
             problems.add("region_of_unknown_image", where)
             continue
-        box = _box(a.get("bbox"))
-        if box is None:
-            problems.add("bad_box", f"{where}: {a.get('bbox')}")
-            continue
-        cap = _caption(a.get("caption"))
-        if cap is None:
-            problems.add("missing_caption", where)
-            continue
-        b.region(int(a["image_id"]), box, cap, a.get("id") if isinstance(a.get("id"), int) else None)
+        _add_region(b, problems, where, int(a["image_id"]), a.get("bbox"), a.get("caption"), a.get("id"),
+                    bad_box_detail=str(a.get("bbox")))
     for k, c in enumerate(data.get("image_captions") or []):
         cap = _caption(c.get("caption")) if isinstance(c, dict) else None
         if cap is None or c.get("image_id") not in ids:
@@ -369,15 +369,9 @@ def from_vg(path: str, image_root: str = "", problems: Optional[Problems] = None
             for r in el.get("regions") or []:
                 rid = r.get("region_id", r.get("id"))
                 where = f"{path} image {iid} region {rid}"
-                box = _box([r.get("x"), r.get("y"), r.get("width", r.get("w")), r.get("height", r.get("h"))])
-                if box is None:
-                    problems.add("bad_box", where)
-                    continue
-                cap = _caption(r.get("phrase"))
-                if cap is None:
-                    problems.add("missing_caption", where)
-                    continue
-                b.region(iid, box, cap, rid if isinstance(rid, int) else None)
+                _add_region(b, problems, where, iid,
+                            [r.get("x"), r.get("y"), r.get("width", r.get("w")), r.get("height", r.get("h"))],
+                            r.get("phrase"), rid)
     except JSONStreamError as e:
         raise ConversionError(str(e)) from e
     return b.doc()
