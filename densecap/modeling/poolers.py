@@ -182,5 +182,5 @@ class ROIPooler(nn.Module):
             lvl_lists = [all_boxes[sel[img_idx[sel] == i]] for i in range(len(box_lists))]
             order = torch.cat([sel[img_idx[sel] == i] for i in range(len(box_lists))])
             pooled = self._pool_level(feat, lvl_lists, stride)  # k C S S
-            out = out.index_copy(0, order, pooled)
+            out.index_copy_(0, order, pooled)  # in place: each level writes only its rows
         return out
