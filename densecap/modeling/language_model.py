@@ -291,6 +291,20 @@ class CaptionDecoder(nn.Module):
             return tokens[:, 0], logprobs[:, 0]
         return tokens, logprobs
 
+    def _greedy_logits_fn(self):
+        """hidden (B, H) -> ``_logits(hidden).float()`` as a fresh tensor, for greedy decoding.
+        A plain float32 ``nn.Linear`` output layer folds the never-emitted words' -inf into its
+        bias (one matrix product, no mask pass, bit-identical); anything else (int8, dropout in
+        training mode) goes through ``_logits``."""
+        out = self.out
+        if type(out) is nn.Linear and out.bias is not None and out.weight.dtype == torch.float32 and not (
+            self.training and self.drop.p > 0
+        ):
+            bias = out.bias.masked_fill(self._never, float("-inf"))  # V
+            weight_t = out.weight.t()  # H V
+            return lambda h: torch.addmm(bias, h, weight_t)
+        return lambda h: self._logits(h).float()
+
     @torch.no_grad()
     def _greedy(self, region_codes: Tensor, T: int) -> Tuple[Tensor, Tensor]:
         """Greedy decoding = ``beam_search`` with one beam, without its bookkeeping (no (N, V) score
@@ -303,12 +317,23 @@ class CaptionDecoder(nn.Module):
         state = self.init_state(region_codes)
         rows = torch.arange(n, device=dev)  # n' regions still decoding
         last = torch.full((n,), START, dtype=torch.long, device=dev)  # n'
+        step = self._greedy_logits_fn()
         for t in range(T + 1):
-            logp, state = self.decode_step(state, last)  # n' V
+            *rnn_state, code = state
+            x = self.embed(last)  # n' E
+            if code is not None:
+                x = torch.cat([x, code], dim=1)  # n' 2E
+            out, new = self._cell(x, tuple(rnn_state))  # n' H
+            state = (*new, code)
+            logits = step(out)  # n' V, float32, never-words at -inf; a fresh tensor the loop may overwrite
+            mx, tok = logits.max(dim=1)  # n'
+            end_logit = logits[:, END].clone() if t == T else None  # n'
+            # log_softmax at one word = its logit - max - log(sum(exp(logits - max))), in place
+            log_z = logits.sub_(mx[:, None]).exp_().sum(dim=1).log_()  # n'
             if t == T:  # the (T+1)-th token must be END
-                logprobs[rows] += logp[:, END]
+                logprobs[rows] += end_logit - mx - log_z
                 break
-            lp, tok = logp.max(dim=1)  # n'
+            lp = -log_z  # the argmax word's log-probability
             logprobs[rows] += lp
             ended = tok == END  # n'
             tokens[rows, t] = tok.masked_fill(ended, PAD)

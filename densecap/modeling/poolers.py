@@ -98,6 +98,8 @@ def bilinear_sample_boxes(
         outs.append(out.reshape(C, k, S, S).transpose(0, 1))  # K C S S
     if not outs:
         return features.new_zeros((0, C, S, S))
+    if len(outs) == 1:  # one image (e.g. each FPN level at test time): no concatenation copy
+        return outs[0]
     return torch.cat(outs, dim=0)
 
 
