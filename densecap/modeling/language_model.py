@@ -243,13 +243,18 @@ class CaptionDecoder(nn.Module):
     def decode_step(self, state: Tuple[Optional[Tensor], ...], tokens: Tensor) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
         """One decoding step (the decoder step protocol of :mod:`densecap.modeling.decoding`):
         (state, tokens (B,)) -> (logprobs (B, V), new state)."""
+        out, state = self._step_hidden(state, tokens)  # B H
+        logp = torch.log_softmax(self._logits(out).float(), dim=-1)  # B V
+        return logp, state
+
+    def _step_hidden(self, state: Tuple[Optional[Tensor], ...], tokens: Tensor) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
+        """The recurrent part of a step: (state, tokens (B,)) -> (top hidden (B, H), new state)."""
         *rnn_state, code = state
         x = self.embed(tokens)  # B E
         if code is not None:
             x = torch.cat([x, code], dim=1)  # B 2E
         out, new = self._cell(x, tuple(rnn_state))  # B H
-        logp = torch.log_softmax(self._logits(out).float(), dim=-1)  # B V
-        return logp, (*new, code)
+        return out, (*new, code)
 
     step = decode_step  # the former name
 
@@ -319,12 +324,7 @@ class CaptionDecoder(nn.Module):
         last = torch.full((n,), START, dtype=torch.long, device=dev)  # n'
         step = self._greedy_logits_fn()
         for t in range(T + 1):
-            *rnn_state, code = state
-            x = self.embed(last)  # n' E
-            if code is not None:
-                x = torch.cat([x, code], dim=1)  # n' 2E
-            out, new = self._cell(x, tuple(rnn_state))  # n' H
-            state = (*new, code)
+            out, state = self._step_hidden(state, last)  # n' H
             logits = step(out)  # n' V, float32, never-words at -inf; a fresh tensor the loop may overwrite
             mx, tok = logits.max(dim=1)  # n'
             end_logit = logits[:, END].clone() if t == T else None  # n'
