@@ -10,8 +10,10 @@ Stages (each reuses what a previous run already finished, so a second run is qui
 4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/,
    index.html; every image with its regions and its whole-image caption), and the per-word
    attention figures of the first test images -> ``output/demo/attention/attention/*.png``
-5. ``retrieve``: index the test images (``output/demo/retrieval_index``) and run an example text
-   query in fast and exact mode -> ``output/demo/retrieval/`` (hits JSON and contact sheets)
+5. ``retrieve``: index the test images (``output/demo/retrieval_index``), fit the relation geometry
+   model on the training split into it (``relations.json``), and run an example text query and a
+   relational one ("... left of ...", grounded as pairs of regions) in fast and exact mode ->
+   ``output/demo/retrieval/`` (hits JSON and contact sheets)
 
 Run ``python -m densecap.demo --help`` for options (output dir, number of images, time budget).
 """
@@ -116,16 +118,19 @@ def stage_attention(out: str, data: str, weights: str, num_images: int = 6) -> s
     return att
 
 
-def stage_retrieve(out: str, data: str, weights: str, query: str) -> str:
+def stage_retrieve(out: str, data: str, weights: str, query: str, relational_query: str) -> str:
     index = os.path.join(out, "retrieval_index")
     res = os.path.join(out, "retrieval")
     inputs = _test_images(data)
     tool = os.path.join(ROOT, "tools", "retrieve.py")
     # incremental: a second run skips the images already indexed with this checkpoint
     _run([sys.executable, tool, "index", "--weights", weights, "--index", index, "--input", *inputs])
-    for mode in ("fast", "exact"):
-        _run([sys.executable, tool, "query", "--index", index, "--query", query, "--mode", mode, "--topk", "10",
-              "--json", os.path.join(res, f"{mode}.json"), "--output", os.path.join(res, mode)])
+    if not os.path.exists(os.path.join(index, "relations.json")):
+        _run([sys.executable, tool, "fit-relations", "--data", os.path.join(data, "prepared"), "--index", index])
+    for name, q in (("", query), ("relational_", relational_query)):
+        for mode in ("fast", "exact"):
+            _run([sys.executable, tool, "query", "--index", index, "--query", q, "--mode", mode, "--topk", "10",
+                  "--json", os.path.join(res, f"{name}{mode}.json"), "--output", os.path.join(res, name + mode)])
     return res
 
 
@@ -136,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config-file", default=CONFIG, help="training config (default: the demo's)")
     p.add_argument("--query", default="a large red circle", help="example retrieval query")
+    p.add_argument("--relational-query", default="a red star left of a green square",
+                   help="example relational query (grounded as pairs of regions)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for training")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s demo] %(message)s", datefmt="%H:%M:%S")
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
     metrics = stage_eval(out, prepared, args.config_file, weights, args.opts)
     infer = stage_infer(out, os.path.dirname(prepared), weights)
     stage_attention(out, os.path.dirname(prepared), weights)
-    retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query)
+    retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query, args.relational_query)
     ic = metrics.get("image_caption") or {}
     logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f, whole-image CIDEr %.3f; results in %s (open %s; "
                 "retrieval hits in %s)", time.time() - t0, metrics.get("map", float("nan")),

@@ -40,6 +40,11 @@ def test_demo_pipeline_toy_scale(tmp_path, java):
     assert len(os.listdir(out / "attention" / "attention")) == min(6, len(test_ids))  # per-word attention figures
     hits = json.loads((out / "retrieval" / "fast.json").read_text())
     assert hits and set(hits[0]) >= {"image", "box", "score", "caption"}
+    # the relational example: the index holds a relation geometry model, hits are pairs of regions
+    assert (out / "retrieval_index" / "relations.json").exists()
+    for mode in ("fast", "exact"):
+        rel = json.loads((out / "retrieval" / f"relational_{mode}.json").read_text())
+        assert isinstance(rel, list) and all({"subject", "object"} <= set(h) for h in rel)
     # idempotent: a second run reuses every stage's output
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]

@@ -117,6 +117,9 @@ _C.MODEL.ROI.NMS_THRESH_TEST = 0.3
 _C.MODEL.ROI_HEADS = CfgNode()
 _C.MODEL.ROI_HEADS.CONTEXT = ""
 _C.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE = 2.0
+# test time: the unions of pairs of each image's N best detections are scored like proposals
+# and added to its detections (regions showing two objects in a relation); 0 = off (the original)
+_C.MODEL.ROI_HEADS.PAIR_BOXES = 0
 # Joint inference: the caption decoder's state after a region's caption predicts a further box
 # refinement (loss_box_joint, weighted like loss_box); at test time each detection's box moves after
 # it is captioned. See densecap/modeling/joint_inference.py.

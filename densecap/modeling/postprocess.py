@@ -2,6 +2,9 @@
 
 * :func:`select_detections` (per image, input frame): score threshold, NMS on the refined boxes
   ranked by objectness, and a cap on the number kept; result sorted by score, descending.
+* :func:`pair_unions` (per image): the union boxes of pairs of the best detections, the extra
+  candidate regions of ``MODEL.ROI_HEADS.PAIR_BOXES`` (a region that shows two objects and their
+  relation is annotated with the union of their boxes).
 
 Boxes go back to original pixels in :meth:`densecap.modeling.transform.DenseCapTransform.postprocess`.
 
@@ -13,11 +16,11 @@ import logging
 
 import torch
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["select_detections"]
+__all__ = ["select_detections", "pair_unions"]
 
 
 def select_detections(
@@ -40,3 +43,17 @@ def select_detections(
         idx = idx[:max_detections]
     return idx
 
+
+
+def pair_unions(boxes: Tensor, top_n: int, *, same_object_iou: float = 0.5) -> Tensor:
+    """(U, 4) xyxy union boxes of every pair among the first ``top_n`` of ``boxes`` (P, 4) xyxy
+    (sorted best first); two boxes with IoU > ``same_object_iou`` are taken for one object and
+    not paired. U <= top_n * (top_n - 1) / 2."""
+    b = boxes[: max(0, int(top_n))]
+    if b.shape[0] < 2:
+        return boxes.new_zeros((0, 4))
+    i, j = torch.triu_indices(b.shape[0], b.shape[0], offset=1, device=b.device)  # U, U
+    apart = box_iou(b.float(), b.float())[i, j] <= same_object_iou
+    i, j = i[apart], j[apart]
+    return torch.stack([torch.minimum(b[i, 0], b[j, 0]), torch.minimum(b[i, 1], b[j, 1]),
+                        torch.maximum(b[i, 2], b[j, 2]), torch.maximum(b[i, 3], b[j, 3])], dim=1)

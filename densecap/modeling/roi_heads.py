@@ -16,7 +16,11 @@ language model.
 
 Inference: objectness + refinement on every proposal, then :func:`select_detections` (NMS
 ``nms_thresh`` on the refined boxes by score, ``score_thresh``, ``detections_per_image``);
-proposals given by the user (``refine=False``) are kept as they are, in order.
+proposals given by the user (``refine=False``) are kept as they are, in order. With
+``MODEL.ROI_HEADS.PAIR_BOXES N`` (0 = off, the original), the unions of pairs of each image's N
+best detections are scored the same way and added (:meth:`DenseCapROIHeads._add_pair_unions`):
+a region showing two objects and their relation is annotated with such a union box, which the
+RPN rarely proposes.
 
 Visual context (``MODEL.ROI_HEADS.CONTEXT``, off by default; ``densecap/modeling/context.py``):
 the codes returned for captioning (training: the positives; test: ``region_codes``) are then the
@@ -32,13 +36,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_iou
 
 from densecap.structures import Instances, apply_deltas, clip_xyxy, encode_deltas
 
 from .context import fuse_context, parse_context
 from .losses import box_regression_loss, objectness_loss
 from .poolers import ROIPooler
-from .postprocess import select_detections
+from .postprocess import pair_unions, select_detections
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ class DenseCapROIHeads(nn.Module):
         detections_per_image: int = 0,
         context: Sequence[str] = (),
         context_union_scale: float = 2.0,
+        pair_boxes: int = 0,
+        pair_duplicate_iou: float = 0.7,
     ) -> None:
         super().__init__()
         self.in_features = list(in_features)
@@ -116,6 +123,9 @@ class DenseCapROIHeads(nn.Module):
         # visual context fused into the captioned codes ("global", "union"; empty = none)
         self.context = parse_context(context)
         self.context_union_scale = float(context_union_scale)
+        # test time: unions of pairs of the best `pair_boxes` detections as extra candidates
+        self.pair_boxes = int(pair_boxes)
+        self.pair_duplicate_iou = float(pair_duplicate_iou)
 
     @property
     def code_dim(self) -> int:
@@ -143,7 +153,7 @@ class DenseCapROIHeads(nn.Module):
             backprop_boxes=r.BACKPROP_BOXES, loss_weight_cls=r.LOSS_WEIGHT_CLS, loss_weight_box=r.LOSS_WEIGHT_BOX,
             smooth_l1_beta=r.SMOOTH_L1_BETA, nms_thresh=r.NMS_THRESH_TEST, score_thresh=cfg.TEST.SCORE_THRESH,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, context=parse_context(cfg.MODEL.ROI_HEADS.CONTEXT),
-            context_union_scale=cfg.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE,
+            context_union_scale=cfg.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE, pair_boxes=cfg.MODEL.ROI_HEADS.PAIR_BOXES,
         )
 
     def _recognize(self, features: Dict[str, Tensor], box_lists: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -205,6 +215,41 @@ class DenseCapROIHeads(nn.Module):
                                              "image_sizes": sizes}
         return losses, pos_codes, caps
 
+    def _add_pair_unions(self, features: Dict[str, Tensor], dets: List[Instances], refine: Sequence[bool]) -> List[Instances]:
+        """``PAIR_BOXES``: score the unions of pairs of each image's best detections like proposals
+        (objectness, refinement) and add those that survive: NMS among themselves at ``nms_thresh``,
+        and none within IoU ``pair_duplicate_iou`` of a detection already kept (the same region).
+        The detections of an image stay sorted by score and capped at ``detections_per_image``."""
+        unions = [pair_unions(d.pred_boxes_resized, self.pair_boxes) if ref else d.pred_boxes_resized[:0]
+                  for d, ref in zip(dets, refine)]  # U 4 per image
+        if sum(int(u.shape[0]) for u in unions) == 0:
+            return dets
+        codes, logits, deltas = self._recognize(features, unions)
+        scores = torch.sigmoid(logits)
+        out, start = [], 0
+        for d, u in zip(dets, unions):
+            n = u.shape[0]
+            c, s, dl = codes[start : start + n], scores[start : start + n], deltas[start : start + n]
+            start += n
+            if n == 0:
+                out.append(d)
+                continue
+            h, w = d.image_size
+            b = clip_xyxy(apply_deltas(u, dl), h, w)
+            keep = select_detections(b, s, nms_thresh=self.nms_thresh, score_thresh=self.score_thresh)
+            b, s, c = b[keep], s[keep], c[keep]
+            if len(d) and len(b):
+                fresh = box_iou(b.float(), d.pred_boxes_resized.float()).max(dim=1).values <= self.pair_duplicate_iou
+                b, s, c = b[fresh], s[fresh], c[fresh]
+            boxes = torch.cat([d.pred_boxes_resized, b])
+            sc = torch.cat([d.scores, s])
+            cd = torch.cat([d.region_codes, c])
+            order = torch.sort(sc, descending=True, stable=True).indices
+            if self.detections_per_image > 0:
+                order = order[: self.detections_per_image]
+            out.append(Instances(d.image_size, pred_boxes_resized=boxes[order], scores=sc[order], region_codes=cd[order]))
+        return out
+
     @torch.no_grad()
     def forward_test(
         self, features: Dict[str, Tensor], proposals: Sequence[Instances], refine: Optional[Sequence[bool]] = None
@@ -235,6 +280,8 @@ class DenseCapROIHeads(nn.Module):
                 ]
                 boxes, s, c = boxes[keep], s[keep], c[keep]
             out.append(Instances(p.image_size, pred_boxes_resized=boxes, scores=s, region_codes=c))
+        if self.pair_boxes > 0:
+            out = self._add_pair_unions(features, out, refine)
         if self.context:
             fused = self._with_context(
                 features, torch.cat([o.region_codes for o in out]), [o.pred_boxes_resized for o in out],

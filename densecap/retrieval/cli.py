@@ -5,7 +5,9 @@
     tools/retrieve.py ann --index INDEX_DIR [--type auto|flat|ivf_flat|ivf_pq] [--nlist L] [--nprobe P]
                                             (FAISS fast stage for large collections; see retrieval/ann.py)
     tools/retrieve.py query --index INDEX_DIR --query "a red circle" [--topk 20] [--mode exact|fast]
-                            [--output DIR] [--json FILE]
+                            [--output DIR] [--json FILE] [--relational auto|off] [--relations FILE]
+    tools/retrieve.py fit-relations --data PREPARED_DIR [--split train] (--index INDEX_DIR | --output FILE)
+                            (the geometry model that grounds "A left of B" queries as pairs of regions)
     tools/retrieve.py query --index INDEX_DIR --query-image IMG --query-box x,y,w,h [--topk 20]
     tools/retrieve.py train-embedding --weights CKPT --data PREPARED_DIR --output CKPT_WITH_EMBEDDING
     tools/retrieve.py eval  --weights CKPT --data PREPARED_DIR [--split test] [--num-images 1000]
@@ -91,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default="", metavar="FILE", help="write the hits as JSON")
     q.add_argument("--weights", default=None, metavar="CKPT", help="the index's checkpoint, if it moved")
     q.add_argument("--device", default=None)
+    q.add_argument("--relational", choices=("auto", "off"), default="auto",
+                   help="auto: a query naming a relation ('A left of B') is grounded as pairs of regions when a "
+                        "geometry model is available (--relations, or the index's relations.json)")
+    q.add_argument("--relations", default="", metavar="FILE", help="relation geometry model (tools/retrieve.py fit-relations)")
+
+    q = sub.add_parser("fit-relations", help="fit the relation geometry model on a prepared split's relational regions")
+    q.add_argument("--data", required=True, metavar="PREPARED_DIR")
+    q.add_argument("--split", default="train")
+    q.add_argument("--index", default="", metavar="INDEX_DIR", help="write it as the index's relations.json")
+    q.add_argument("--output", default="", metavar="FILE", help="write it here")
 
     q = sub.add_parser("train-embedding", help="fit the joint embedding head on a frozen checkpoint (quick second stage)")
     q.add_argument("--weights", required=True, metavar="CKPT", help="the trained DenseCap checkpoint")
@@ -129,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--boxes-per-image", type=int, default=100)
     q.add_argument("--candidates", type=int, nargs="+", default=[1000, 100], help="fast mode: regions re-ranked exactly")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--relations", default="", metavar="FILE",
+                   help="relation geometry model for the pair modes (default: fitted on --geometry-split)")
+    q.add_argument("--geometry-split", default="train", help="split the geometry model is fitted on")
+    q.add_argument("--no-pairs", action="store_true", help="skip the pair-grounding modes")
     q.add_argument("--output", default="", metavar="FILE", help="write the metrics as JSON")
     q.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
@@ -178,6 +194,11 @@ def print_result(res, out=None) -> None:
               + (f"   re-ranked: {res.candidates}" if res.mode == "fast" else "")
               + f"   time: {res.seconds.get('total', 0):.3f} s", file=out)
         print("score = log-likelihood of the query given the region", file=out)
+    elif res.mode.endswith("+pairs"):
+        print(f"query: {' '.join(res.tokens)}   mode: {res.mode}   regions: {res.num_regions}"
+              f"   time: {res.seconds.get('total', 0):.3f} s", file=out)
+        print("score = log p(subject | region) + log p(object | region) + log p(relation | the two boxes); "
+              "box = the pair's union", file=out)
     else:
         print(f"query: {res.query}   regions: {res.num_regions}   score = cosine similarity", file=out)
     print(f"{'rank':>4}  {'score':>9}  {'box [x, y, w, h]':<28} {'image':<40} caption", file=out)
@@ -205,8 +226,11 @@ def cmd_query(args) -> int:
     rmodel = _load_model(weights, "", args.device, index.manifest.get("options", {}).get("image_size") or None,
                          known=index.checkpoint)
     if args.query is not None:
+        from .pairs import load_geometry
+
         res = search_text(index, rmodel, args.query, topk=args.topk, mode=args.mode, candidates=args.candidates,
-                          nprobe=args.nprobe)
+                          nprobe=args.nprobe, relational=args.relational,
+                          geometry=load_geometry(args.relations) if args.relations else None)
     else:
         res = search_by_region(index, rmodel, args.query_image, args.query_box, topk=args.topk)
     print_result(res)
@@ -217,6 +241,27 @@ def cmd_query(args) -> int:
         path = hits_sheet(res, os.path.join(args.output, "hits.jpg"))
         atomic_write_json(os.path.join(args.output, "hits.json"), res.to_json(), indent=1)
         print(f"contact sheet: {path}")
+    return 0
+
+
+def cmd_fit_relations(args) -> int:
+    from densecap.data.prepared import load_split, load_vocab
+
+    from .pairs import GEOMETRY_FILE, RelationGeometry, split_triples
+
+    if bool(args.index) == bool(args.output):
+        print("give one of --index INDEX_DIR or --output FILE", file=sys.stderr)
+        return 2
+    if args.index and not os.path.isdir(args.index):
+        raise FileNotFoundError(f"--index {args.index}: no such index directory")
+    triples = split_triples(load_split(args.data, args.split), load_vocab(args.data))
+    if not triples:
+        raise ValueError(f"{args.data} ({args.split}): no relational regions whose two objects are annotated")
+    geo = RelationGeometry.fit(triples)
+    path = os.path.join(args.index, GEOMETRY_FILE) if args.index else args.output
+    geo.save(path)
+    print(f"relation geometry: {len(triples)} triples, relations {', '.join(geo.relations)}, "
+          f"training accuracy {geo.train_accuracy:.3f} -> {path}")
     return 0
 
 
@@ -240,12 +285,15 @@ def cmd_eval(args) -> int:
 def cmd_eval_relational(args) -> int:
     from densecap.utils.io import atomic_write_json
 
+    from .pairs import RelationGeometry
     from .relational import evaluate_relational_retrieval, format_relational
 
     rmodel = _load_model(args.weights, args.config_file, args.device, args.image_size, args.opts)
     metrics = evaluate_relational_retrieval(
         rmodel, args.data, args.split, num_images=args.num_images, num_queries=args.num_queries,
         boxes_per_image=args.boxes_per_image, candidates=args.candidates, seed=args.seed,
+        pairs=not args.no_pairs, geometry=RelationGeometry.load(args.relations) if args.relations else None,
+        geometry_split=args.geometry_split,
     )
     print(format_relational(metrics))
     if args.output:
@@ -306,7 +354,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _setup_logging(args.verbose)
     try:
         return {"index": cmd_index, "query": cmd_query, "eval": cmd_eval, "eval-relational": cmd_eval_relational,
-                "train-embedding": cmd_train_embedding, "compact": cmd_compact, "ann": cmd_ann}[args.command](args)
+                "train-embedding": cmd_train_embedding, "compact": cmd_compact, "ann": cmd_ann,
+                "fit-relations": cmd_fit_relations}[args.command](args)
     except (RegionIndexError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

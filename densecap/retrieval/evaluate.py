@@ -98,7 +98,9 @@ def _best_per_image(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) 
 # ------------------------------------------------------------------------------------------
 # the protocol
 # ------------------------------------------------------------------------------------------
-def _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts) -> None:
+def _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts, captions=None) -> None:
+    """Append each pool image's best boxes, region codes, their count (and captions when a list is
+    given) to the lists."""
     from densecap.data.image_io import ImageReadError
 
     for a in range(0, len(pool), batch_size):
@@ -113,6 +115,8 @@ def _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, count
             boxes.append(np.asarray(p.boxes[:n], np.float32).reshape(n, 4))
             codes.append(np.asarray(p.region_codes[:n], np.float32).reshape(n, -1))
             counts.append(n)
+            if captions is not None:
+                captions.extend(str(c) for c in p.captions[:n])
 
 
 def evaluate_retrieval(

@@ -357,6 +357,15 @@ class RegionIndex:
         """float32 (k, D) region codes of global region ids."""
         return self._gather(ids, "codes")
 
+    def gather_boxes(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (k, 4) [x, y, w, h] boxes of global region ids."""
+        return self._gather(ids, "boxes").astype(np.float32)
+
+    def gather_image_keys(self, ids: np.ndarray) -> np.ndarray:
+        """int64 (k,): equal for regions of one image of the index, different across images."""
+        sh, _ = self.locate(ids)
+        return (sh.astype(np.int64) << 32) + self._gather(ids, "image_index").astype(np.int64)
+
     def gather_embeddings(self, ids: np.ndarray) -> np.ndarray:
         if not self.has_embeddings:
             raise RegionIndexError(f"{self.root}: this index has no joint embeddings")

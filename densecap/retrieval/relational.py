@@ -14,9 +14,14 @@ Protocol (on a prepared split, all its images by default):
 3. Every query is ranked against every region of the pool: ``exact``, the language model's
    log-likelihood of the query given the region code; ``fast``, the ``candidates`` regions nearest
    in the joint embedding, re-ranked by that log-likelihood (the query tool's two modes).
-4. A query is a hit at k when one of its top-k regions lies in the source image with IoU >= 0.5
-   with the annotated box. Reported: hit@1/5/10, and ``image@10`` (a region of the source image in
-   the top 10, whatever its box).
+   ``pairs_exact`` / ``pairs_fast_N``: the query grounded as a pair of regions
+   (:mod:`densecap.retrieval.pairs`), its two phrases scored over every region or over their
+   embedding's candidates (with the regions' generated captions, so the pool is captioned), the relation by a
+   geometry model fitted on the ``geometry_split`` (train) annotations; the answers are the pairs'
+   union boxes. ``pairs_exact_no_geometry`` drops the relation term (an ablation).
+4. A query is a hit at k when one of its top-k regions (boxes) lies in the source image with IoU
+   >= 0.5 with the annotated box. Reported: hit@1/5/10, and ``image@10`` (a region of the source
+   image in the top 10, whatever its box).
 
 Shapes: R: regions of the pool, Q: queries, U: distinct query captions.
 """
@@ -73,6 +78,19 @@ def relational_hits(ranked: np.ndarray, region_image: np.ndarray, region_boxes: 
     return out
 
 
+def box_hits(images: np.ndarray, boxes: np.ndarray, source: int, gt_box: np.ndarray,
+             iou_threshold: float = 0.5) -> Dict[str, bool]:
+    """Hits of one query answered by boxes: images (k,) image position of each answer, best first
+    (-1: no answer), boxes (k, 4) and gt_box (4,) [x, y, w, h]."""
+    k = max(HIT_KS)
+    images = np.asarray(images, np.int64)[:k]
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[:k]
+    if len(images) < k:
+        images = np.concatenate([images, np.full(k - len(images), -1)])
+        boxes = np.vstack([boxes, np.zeros((k - len(boxes), 4))])
+    return relational_hits(np.arange(k), images, boxes, source, gt_box, iou_threshold)
+
+
 def _summarise(rows: List[Dict[str, bool]]) -> Dict[str, float]:
     keys = [f"hit@{k}" for k in HIT_KS] + ["image@10"]
     return {k: float(np.mean([r[k] for r in rows])) if rows else 0.0 for k in keys}
@@ -89,8 +107,14 @@ def evaluate_relational_retrieval(
     candidates: Sequence[int] = (1000, 100),
     seed: int = 0,
     batch_size: int = 4,
+    pairs: bool = True,
+    geometry=None,
+    geometry_split: str = "train",
 ) -> Dict[str, Any]:
-    """Run the protocol (module docstring) with a :class:`~densecap.retrieval.search.RetrievalModel`."""
+    """Run the protocol (module docstring) with a :class:`~densecap.retrieval.search.RetrievalModel`.
+
+    ``geometry``: a :class:`~densecap.retrieval.pairs.RelationGeometry` for the pair modes; None
+    fits one on ``geometry_split`` of the same prepared directory."""
     t0 = time.perf_counter()
     data = load_split(prepared_dir, split)
     vocab = load_vocab(prepared_dir)
@@ -100,9 +124,12 @@ def evaluate_relational_retrieval(
 
     from .search import codes_only
 
-    boxes, codes, counts = [], [], []
-    with codes_only(rmodel.model):
-        _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts)
+    boxes, codes, counts, region_caps = [], [], [], []
+    if pairs:  # the pair modes score phrases with the regions' own captions
+        _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts, region_caps)
+    else:
+        with codes_only(rmodel.model):
+            _detect(rmodel, data, pool, batch_size, boxes_per_image, boxes, codes, counts)
     counts = np.asarray(counts, np.int64)
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)  # R 4
     codes = np.concatenate(codes) if codes else np.zeros((0, rmodel.region_dim), np.float32)  # R D
@@ -152,16 +179,61 @@ def evaluate_relational_retrieval(
             results[f"fast_{int(c)}"] = {**run(masked), "candidates": int(k_c)}
     else:
         logger.info("the model has no joint embedding head: fast mode not evaluated")
+    if pairs:
+        results.update(_pair_modes(rmodel, queries, gt, boxes, codes, region_caps, region_image, candidates,
+                                   geometry, prepared_dir, geometry_split, vocab))
     results["examples"] = [q[2] for q in queries[:5]]
     results["seconds"] = {"detect": t_detect, "exact_scoring": t_exact, "total": time.perf_counter() - t0}
     return results
 
 
+def _pair_modes(rmodel, queries, gt, boxes, codes, region_caps, region_image, candidates, geometry, prepared_dir,
+                geometry_split, vocab) -> Dict[str, Any]:
+    from .pairs import RelationGeometry, ground_pairs, parse_relational, score_phrase, split_triples
+
+    t0 = time.perf_counter()
+    if geometry is None:
+        geometry = RelationGeometry.fit(split_triples(load_split(prepared_dir, geometry_split), vocab))
+    out: Dict[str, Any] = {"geometry": {"relations": geometry.relations, "num_triples": geometry.num_triples,
+                                        "train_accuracy": geometry.train_accuracy, "split": geometry_split}}
+    parsed = [parse_relational(c) for _, _, c in queries]
+    phrases = sorted({p for t in parsed for p in (t[0], t[2])})
+    p_index = {c: i for i, c in enumerate(phrases)}
+    ll = np.stack([score_phrase(rmodel, codes, region_caps, ph) for ph in phrases])  # Ph R
+    t_score = time.perf_counter() - t0
+    all_ids = np.arange(len(codes))
+    stages = {"exact": None}
+    if rmodel.embedding_head is not None:
+        sims = rmodel.embed_sentences(rmodel.encode_captions(phrases)) @ rmodel.embed_regions(codes).T  # Ph R
+        for c in candidates:
+            k_c = min(int(c), len(codes))
+            stages[f"fast_{int(c)}"] = np.sort(np.argpartition(-sims, k_c - 1, axis=1)[:, :k_c], axis=1)  # Ph K
+
+    def run(cand, geo) -> Dict[str, float]:
+        rows = []
+        for (j, _, _), g, (subj, rel, obj) in zip(queries, gt, parsed):
+            ps, po = p_index[subj], p_index[obj]
+            s_ids = all_ids if cand is None else cand[ps]
+            o_ids = all_ids if cand is None else cand[po]
+            hits = ground_pairs(s_ids, ll[ps, s_ids], o_ids, ll[po, o_ids], boxes, region_image, rel, geo,
+                                topk=max(HIT_KS))
+            rows.append(box_hits([h.image for h in hits], np.array([h.box for h in hits]).reshape(-1, 4), j, np.asarray(g)))
+        return _summarise(rows)
+
+    for name, cand in stages.items():
+        out[f"pairs_{name}"] = run(cand, geometry)
+        if cand is not None:
+            out[f"pairs_{name}"]["candidates"] = int(cand.shape[1])
+    out["pairs_exact_no_geometry"] = run(None, None)
+    out["pairs_seconds"] = {"phrase_scoring": t_score, "total": time.perf_counter() - t0}
+    return out
+
+
 def format_relational(m: Dict[str, Any]) -> str:
     lines = [f"relational region search on {m['split']}: {m['num_queries']} queries, {m['num_images']} images, "
              f"{m['num_regions']} regions (hit = IoU >= 0.5 with the annotated box)"]
-    for mode in [k for k in m if k == "exact" or k.startswith("fast_")]:
+    for mode in [k for k in m if k == "exact" or k.startswith("fast_") or (k.startswith("pairs_") and "hit@1" in m[k])]:
         r = m[mode]
-        lines.append(f"  {mode:10s} hit@1 {r['hit@1']:.3f}  hit@5 {r['hit@5']:.3f}  hit@10 {r['hit@10']:.3f}  "
+        lines.append(f"  {mode:24s} hit@1 {r['hit@1']:.3f}  hit@5 {r['hit@5']:.3f}  hit@10 {r['hit@10']:.3f}  "
                      f"image@10 {r['image@10']:.3f}")
     return "\n".join(lines)

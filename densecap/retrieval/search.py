@@ -10,6 +10,15 @@ E: joint embedding size, T: query tokens.
   over the memory-mapped embeddings, or, for an index with a FAISS fast stage
   (:mod:`densecap.retrieval.ann`, ``tools/retrieve.py ann``), by an IVF search; the ``candidates``
   best are re-ranked exactly. Scores reported are log-likelihoods in both modes, so they are comparable.
+* relational queries ("a red star left of a green square"): with ``relational="auto"`` (the
+  default) and a relation geometry model (``relations.json`` in the index directory, or given),
+  a query that names a relation is grounded as a pair of regions
+  (:mod:`densecap.retrieval.pairs`): its two phrases are scored in the chosen mode (exact: every
+  region, the best ``PAIR_POOL`` per phrase kept; fast: the ``candidates`` nearest re-ranked; a
+  region whose stored caption names the phrase is scored with that caption), the
+  best pairs per image are scored with the geometry model, and the hits are the pairs' union
+  boxes with their ``subject`` and ``object`` regions. ``relational="off"`` scores the whole
+  query against single regions as before.
 * region query: the model captions the given box (``given_boxes``), its region code is embedded
   and the nearest regions by cosine are returned (cosine of raw region codes when the model has
   no embedding head).
@@ -38,6 +47,8 @@ from .index import ImageRecord, RegionIndex, RegionIndexError, checkpoint_identi
 logger = logging.getLogger(__name__)
 
 MODES = ("exact", "fast")
+RELATIONAL = ("auto", "off")
+PAIR_POOL = 20000  # exact relational search: regions kept per phrase before pairing
 
 __all__ = ["RetrievalModel", "SearchResult", "search", "search_text", "search_by_region", "NoEmbeddingError", "MODES"]
 
@@ -260,6 +271,19 @@ class RetrievalModel:
         return out
 
     @torch.inference_mode()
+    def score_rows(self, codes: np.ndarray, captions: torch.Tensor) -> np.ndarray:
+        """float32 (N,): log-likelihood (END included) of caption row i (N, T), 0-padded, given
+        region code i (N, D); chunks keep the (C, T+1, V) logits within ``logits_budget``."""
+        out = np.empty(len(codes), dtype=np.float32)
+        dev = self.device
+        t = int(captions.shape[1]) if captions.ndim == 2 else 1
+        step = max(16, min(self.chunk_size, self.logits_budget // ((t + 2) * max(1, len(self.vocab)))))
+        for a in range(0, len(codes), step):
+            c = torch.from_numpy(np.array(codes[a : a + step], dtype=np.float32)).to(dev)  # C D
+            out[a : a + len(c)] = self.caption_head.score(c, captions[a : a + len(c)].to(dev)).float().cpu().numpy()
+        return out
+
+    @torch.inference_mode()
     def _score_plain(self, codes: np.ndarray, captions: torch.Tensor) -> np.ndarray:
         out = np.empty((len(captions), len(codes)), dtype=np.float32)
         dev = self.device
@@ -366,7 +390,7 @@ class SearchResult:
 
     query: str
     mode: str
-    hits: List[Dict[str, Any]]
+    hits: List[Dict[str, Any]]  # relational hits also carry "subject" / "object" regions and their scores
     tokens: List[str] = field(default_factory=list)
     oov: List[str] = field(default_factory=list)
     num_regions: int = 0
@@ -374,8 +398,16 @@ class SearchResult:
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> List[Dict[str, Any]]:
-        """The ``--json`` form: ``[{"image", "box", "score", "caption"}, ...]`` in rank order."""
-        return [{"image": h["image"], "box": h["box"], "score": h["score"], "caption": h["caption"]} for h in self.hits]
+        """The ``--json`` form: ``[{"image", "box", "score", "caption"}, ...]`` in rank order; a
+        relational hit also has ``"subject"`` and ``"object"``: ``{"box", "caption", "score"}``."""
+        out = []
+        for h in self.hits:
+            row = {"image": h["image"], "box": h["box"], "score": h["score"], "caption": h["caption"]}
+            for part in ("subject", "object"):
+                if part in h:
+                    row[part] = {"box": h[part]["box"], "caption": h[part]["caption"], "score": h[f"{part}_score"]}
+            out.append(row)
+        return out
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple:
@@ -424,6 +456,76 @@ def _hits(index: RegionIndex, ids: np.ndarray, scores: np.ndarray, extra: Option
     return hits
 
 
+def _phrase_candidates(index: RegionIndex, rmodel: RetrievalModel, phrase: str, mode: str, candidates: int,
+                       nprobe: int):
+    """(region ids, log-likelihoods) of one phrase (:func:`~densecap.retrieval.pairs.score_phrase`):
+    exact, the best PAIR_POOL of every region; fast, the fast stage's ``candidates`` re-ranked."""
+    from .pairs import score_phrase
+
+    if mode == "exact":
+        best_s, best_i = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        for off, shard in index.iter_shards():
+            caps = shard.captions
+            for a in range(0, shard.num_regions, rmodel.chunk_size):
+                b = min(shard.num_regions, a + rmodel.chunk_size)
+                ll = score_phrase(rmodel, shard.codes[a:b], caps[a:b], phrase)
+                best_s, best_i = _top(np.concatenate([best_s, ll]), np.concatenate([best_i, np.arange(off + a, off + b)]),
+                                      PAIR_POOL)
+        return best_i, best_s
+    q = rmodel.embed_sentences(rmodel.encode_captions([phrase]))[0]  # E
+    cand, _ = fast_candidates(index, q, int(candidates), nprobe=nprobe)
+    caps = [index.region(int(i))["caption"] for i in cand]
+    return cand, score_phrase(rmodel, index.gather_codes(cand), caps, phrase)
+
+
+def search_relational(
+    index: RegionIndex,
+    rmodel: RetrievalModel,
+    query: str,
+    parsed: tuple,
+    geometry,
+    *,
+    topk: int = 20,
+    mode: str = "exact",
+    candidates: int = 1000,
+    nprobe: int = 0,
+) -> SearchResult:
+    """A query naming a relation, grounded as pairs of regions (module docstring). ``parsed`` is
+    ``(subject, relation, object)``; ``geometry`` a :class:`~densecap.retrieval.pairs.RelationGeometry`
+    or None (relation not scored)."""
+    from .pairs import ground_pairs
+
+    t0 = time.perf_counter()
+    subj, rel, obj = parsed
+    enc = rmodel.encode_query(query)
+    if enc["oov"]:
+        logger.warning("query words not in the vocabulary, searched as %s: %s", UNK_TOKEN, ", ".join(enc["oov"]))
+    if mode == "fast" and not index.has_embeddings:
+        raise NoEmbeddingError(f"index {index.root} has no joint embeddings (built with a model without an "
+                               f"embedding head); {NO_EMBEDDING_HINT}")
+    s_ids, s_ll = _phrase_candidates(index, rmodel, subj, mode, candidates, nprobe)
+    o_ids, o_ll = _phrase_candidates(index, rmodel, obj, mode, candidates, nprobe)
+    t1 = time.perf_counter()
+    # the candidates' boxes and images, gathered once; ids are remapped to positions in them
+    u = np.union1d(s_ids, o_ids)  # U
+    boxes = index.gather_boxes(u).astype(np.float64)  # U 4
+    image = index.gather_image_keys(u)  # U
+    pos = lambda ids: np.searchsorted(u, ids)  # noqa: E731
+    pairs = ground_pairs(pos(s_ids), s_ll, pos(o_ids), o_ll, boxes, image, rel, geometry, topk=max(1, int(topk)))
+    hits = []
+    for r, p in enumerate(pairs):
+        a, b = index.region(int(u[p.subject])), index.region(int(u[p.object]))
+        hits.append({
+            "rank": r + 1, "id": -1, "image": a["image"], "box": [float(v) for v in p.box], "score": p.score,
+            "caption": f"{a['caption']} {rel} {b['caption']}", "width": a["width"], "height": a["height"],
+            "subject": a, "object": b,
+            "subject_score": p.parts[0], "object_score": p.parts[1], "relation_score": p.parts[2],
+        })
+    seconds = {"phrases": t1 - t0, "pairs": time.perf_counter() - t1, "total": time.perf_counter() - t0}
+    return SearchResult(query=query, mode=f"{mode}+pairs", hits=hits, tokens=enc["tokens"], oov=enc["oov"],
+                        num_regions=index.num_regions, candidates=len(u), seconds=seconds)
+
+
 def search_text(
     index: RegionIndex,
     rmodel: RetrievalModel,
@@ -433,12 +535,27 @@ def search_text(
     mode: str = "exact",
     candidates: int = 1000,
     nprobe: int = 0,
+    relational: str = "auto",
+    geometry=None,
 ) -> SearchResult:
     """Rank the index's regions for a text query; see the module docstring for the modes.
-    ``nprobe`` > 0 overrides the FAISS fast stage's recorded ``nprobe`` (lists scanned)."""
+    ``nprobe`` > 0 overrides the FAISS fast stage's recorded ``nprobe`` (lists scanned).
+    ``relational``: "auto" grounds a query naming a relation as pairs of regions when a geometry
+    model is at hand (``geometry``, else the index's ``relations.json``); "off" never does."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if relational not in RELATIONAL:
+        raise ValueError(f"relational must be one of {RELATIONAL}, got {relational!r}")
     rmodel.check_index(index)
+    if relational == "auto":
+        from .pairs import load_geometry, parse_relational
+
+        parsed = parse_relational(query)
+        if geometry is None and parsed is not None:
+            geometry = load_geometry(None, index.root)
+        if parsed is not None and geometry is not None:
+            return search_relational(index, rmodel, query, parsed, geometry, topk=topk, mode=mode,
+                                     candidates=candidates, nprobe=nprobe)
     t0 = time.perf_counter()
     enc = rmodel.encode_query(query)
     if enc["oov"]:
@@ -497,9 +614,11 @@ def search_by_region(
 
 
 def search(index: RegionIndex, rmodel: RetrievalModel, *, query: Optional[str] = None, image=None, box=None,
-           topk: int = 20, mode: str = "exact", candidates: int = 1000, nprobe: int = 0) -> SearchResult:
+           topk: int = 20, mode: str = "exact", candidates: int = 1000, nprobe: int = 0,
+           relational: str = "auto", geometry=None) -> SearchResult:
     if query is not None:
-        return search_text(index, rmodel, query, topk=topk, mode=mode, candidates=candidates, nprobe=nprobe)
+        return search_text(index, rmodel, query, topk=topk, mode=mode, candidates=candidates, nprobe=nprobe,
+                           relational=relational, geometry=geometry)
     if image is None or box is None:
         raise ValueError("give a text query, or an image and a box")
     return search_by_region(index, rmodel, image, box, topk=topk)

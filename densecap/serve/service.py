@@ -229,6 +229,7 @@ class DenseCapService:
                 "box": h["box"], "score": h["score"], "caption": h["caption"],
                 "width": h["width"], "height": h["height"],
                 **({"similarity": h["similarity"]} if "similarity" in h else {}),
+                **{part: {"box": h[part]["box"], "caption": h[part]["caption"]} for part in ("subject", "object") if part in h},
             })
         return {"query": res.query, "mode": res.mode, "tokens": res.tokens, "oov": res.oov,
                 "num_regions": res.num_regions, "topk": int(topk), "hits": hits,
