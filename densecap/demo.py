@@ -3,8 +3,11 @@
 Stages (each reuses what a previous run already finished, so a second run is quick):
 
 1. ``data``:  generate the synthetic Visual-Genome-format dataset and prepare it -> ``output/demo/data``
+   and fit the relation geometry model on its training split -> ``output/demo/relations.json``
 2. ``train``: train ``configs/synthetic/densecap_small_joint.yaml`` (the dense captioner and a
-   soft-attention whole-image caption head on one backbone) -> ``output/demo/model_final.pth``
+   soft-attention whole-image caption head on one backbone) -> ``output/demo/model_final.pth``;
+   evaluation and inference run it with pair regions (``MODEL.ROI_HEADS.PAIR_BOXES``, test time
+   only) whose captions are composed with that geometry model (``MODEL.ROI_HEADS.PAIR_RELATIONS``)
 3. ``eval``:  DenseCap mAP on the test split, and the whole-image captions' BLEU/METEOR/ROUGE-L/CIDEr
    and attention grounding -> ``output/demo/eval.json``
 4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/,
@@ -49,6 +52,23 @@ def stage_data(out: str, num_images: int, seed: int) -> str:
     return prepared
 
 
+PAIR_BOXES = 4  # test time: unions of pairs of each image's 4 best detections (densecap/modeling/pair_captions.py)
+
+
+def stage_relations(out: str, prepared: str) -> str:
+    path = os.path.join(out, "relations.json")
+    if os.path.exists(path):
+        logger.info("relations: reusing %s", path)
+        return path
+    _run([sys.executable, os.path.join(ROOT, "tools", "retrieve.py"), "fit-relations", "--data", prepared,
+          "--output", path])
+    return path
+
+
+def pair_opts(relations: str):
+    return ["MODEL.ROI_HEADS.PAIR_BOXES", str(PAIR_BOXES), "MODEL.ROI_HEADS.PAIR_RELATIONS", relations]
+
+
 def dataset_opts(prepared: str, out: str):
     return [
         "DATASETS.TRAIN", f"('{prepared}:train',)",
@@ -89,14 +109,14 @@ def _newer_than(path: str, weights: str) -> bool:
     return os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(weights)
 
 
-def stage_infer(out: str, data: str, weights: str) -> str:
+def stage_infer(out: str, data: str, weights: str, extra=()) -> str:
     infer = os.path.join(out, "infer")
     if os.path.exists(os.path.join(infer, "index.html")) and _newer_than(os.path.join(infer, "results.json"), weights):
         logger.info("infer: reusing %s", infer)
         return infer
     inputs = _test_images(data)
     _run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), "--weights", weights, "--input", *inputs,
-          "--output", infer])
+          "--output", infer, *extra])
     return infer
 
 
@@ -118,13 +138,13 @@ def stage_attention(out: str, data: str, weights: str, num_images: int = 6) -> s
     return att
 
 
-def stage_retrieve(out: str, data: str, weights: str, query: str, relational_query: str) -> str:
+def stage_retrieve(out: str, data: str, weights: str, query: str, relational_query: str, extra=()) -> str:
     index = os.path.join(out, "retrieval_index")
     res = os.path.join(out, "retrieval")
     inputs = _test_images(data)
     tool = os.path.join(ROOT, "tools", "retrieve.py")
     # incremental: a second run skips the images already indexed with this checkpoint
-    _run([sys.executable, tool, "index", "--weights", weights, "--index", index, "--input", *inputs])
+    _run([sys.executable, tool, "index", "--weights", weights, "--input", *inputs, "--index", index, *extra])
     if not os.path.exists(os.path.join(index, "relations.json")):
         _run([sys.executable, tool, "fit-relations", "--data", os.path.join(data, "prepared"), "--index", index])
     for name, q in (("", query), ("relational_", relational_query)):
@@ -150,10 +170,13 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     prepared = stage_data(out, args.num_images, args.seed)
+    pairs = pair_opts(stage_relations(out, prepared))
     weights = stage_train(out, prepared, args.config_file, args.opts)
-    metrics = stage_eval(out, prepared, args.config_file, weights, args.opts)
-    infer = stage_infer(out, os.path.dirname(prepared), weights)
+    metrics = stage_eval(out, prepared, args.config_file, weights, [*pairs, *args.opts])
+    infer = stage_infer(out, os.path.dirname(prepared), weights, pairs)
     stage_attention(out, os.path.dirname(prepared), weights)
+    # the index holds the detections alone (pair regions would crowd the fast stage's candidates):
+    # relational queries are grounded as pairs of them at query time
     retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query, args.relational_query)
     ic = metrics.get("image_caption") or {}
     logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f, whole-image CIDEr %.3f; results in %s (open %s; "

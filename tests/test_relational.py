@@ -32,6 +32,20 @@ def test_relation_correct_unordered():
     assert not relation_correct_unordered("a red star", ref) and relation_correct_unordered("a star", "a circle")
 
 
+def test_relation_correct_aligned():
+    from densecap.evaluation.region_accuracy import relation_correct_aligned
+
+    ref = "a red circle left of a yellow star"
+    assert relation_correct_aligned(ref, ref)
+    assert relation_correct_aligned("a yellow star right of a red circle", ref)
+    # a misnamed object: aligned by the words the objects share
+    assert relation_correct_aligned("a yellow star right of a purple circle", ref)
+    assert relation_correct_aligned("a purple star left of a yellow star", ref)
+    assert not relation_correct_aligned("a yellow star left of a purple circle", ref)
+    assert not relation_correct_aligned("a red circle above a yellow star", ref)
+    assert not relation_correct_aligned("a red circle", ref) and not relation_correct_aligned(ref, "a red circle")
+
+
 def test_region_accuracy_unordered_keys():
     """The evaluator: a turned-round prediction counts for the order-free keys only."""
     from densecap.evaluation.region_accuracy import RegionCaptionAccuracy
@@ -48,6 +62,7 @@ def test_region_accuracy_unordered_keys():
     assert m["exact"] == 0.5 and m["exact_unordered"] == 1.0
     assert m["relation_accuracy"] == 0.0 and m["relation_count"] == 1
     assert m["relation_unordered_accuracy"] == 1.0 and m["relation_unordered_count"] == 1
+    assert m["relation_aligned_accuracy"] == 1.0 and m["relation_aligned_count"] == 1
 
 
 def test_relational_queries_are_unique_up_to_order():

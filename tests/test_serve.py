@@ -448,3 +448,25 @@ def test_static_files_ship_with_the_package():
     from densecap.serve.app import STATIC_DIR
 
     assert sorted(os.listdir(STATIC_DIR)) == ["app.js", "index.html", "style.css"]
+
+
+def test_search_relational_query_returns_pairs(real, serve_assets):
+    """With a relation geometry model in the index, a query naming a relation is grounded as a
+    pair of regions: each hit is a union box with its subject and object."""
+    from densecap.modeling.relation_geometry import GEOMETRY_FILE, RelationGeometry
+
+    from test_pairs import _random_triples
+
+    c, _ = real
+    path = os.path.join(serve_assets["index"], GEOMETRY_FILE)
+    RelationGeometry.fit(_random_triples(300, 0), steps=50).save(path)
+    try:
+        d = c.post("/v1/search", json={"query": "a red circle left of a blue square", "topk": 3}).json()
+    finally:
+        os.remove(path)
+    assert d["mode"] == "exact+pairs" and 0 < len(d["hits"]) <= 3
+    for h in d["hits"]:
+        assert {"box", "caption"} <= set(h["subject"]) and {"box", "caption"} <= set(h["object"])
+        (sx, sy, sw, sh), (ox, oy, ow, oh) = h["subject"]["box"], h["object"]["box"]
+        assert h["box"] == pytest.approx([min(sx, ox), min(sy, oy), max(sx + sw, ox + ow) - min(sx, ox),
+                                          max(sy + sh, oy + oh) - min(sy, oy)], abs=1e-3)

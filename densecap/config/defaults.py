@@ -120,6 +120,10 @@ _C.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE = 2.0
 # test time: the unions of pairs of each image's N best detections are scored like proposals
 # and added to its detections (regions showing two objects in a relation); 0 = off (the original)
 _C.MODEL.ROI_HEADS.PAIR_BOXES = 0
+# with PAIR_BOXES: a relation geometry model (relations.json, `tools/retrieve.py fit-relations`);
+# each pair region's caption is then composed from its two parts' captions and the relation the
+# geometry and the language model find best (densecap/modeling/pair_captions.py); "" = off
+_C.MODEL.ROI_HEADS.PAIR_RELATIONS = ""
 # Joint inference: the caption decoder's state after a region's caption predicts a further box
 # refinement (loss_box_joint, weighted like loss_box); at test time each detection's box moves after
 # it is captioned. See densecap/modeling/joint_inference.py.

@@ -11,6 +11,10 @@ matched pair:
   of that attribute equals the reference's (synonyms of one size count as equal; a reference
   without a fill word and a prediction without one agree). Only pairs where the reference or
   the prediction has such a word count for that attribute.
+* relation words read independently of the object order: ``relation_unordered_accuracy`` (the
+  caption turned round when it names the reference's objects the other way; pairs where either
+  names a relation) and ``relation_aligned_accuracy`` (pairs where both name a relation, the
+  objects aligned by shared words: :func:`relation_correct_aligned`).
 
 The attribute word lists are those of the synthetic dataset (``densecap.data.shape_words``); on
 other data only ``exact`` is meaningful.
@@ -41,6 +45,24 @@ def relation_correct_unordered(caption: str, reference: str) -> bool:
         return p is None and r is None
     rel = p[1]
     if p[0] != p[2] and (p[0], p[2]) == (r[2], r[0]):
+        rel = INVERSE[rel]
+    return rel == r[1]
+
+
+def relation_correct_aligned(caption: str, reference: str) -> bool:
+    """For a caption and a reference that both name a relation: the relation word is right once
+    the caption's two objects are aligned with the reference's by the words they share (turned
+    round when its subject shares more words with the reference's object and its object with the
+    reference's subject), so a misnamed object does not decide the relation word's fate."""
+    p, r = split_relation(caption), split_relation(reference)
+    if p is None or r is None:
+        return False
+
+    def overlap(a: str, b: str) -> int:
+        return len(set(a.split()) & set(b.split()) - {"a", "an", "the"})
+
+    rel = p[1]
+    if overlap(p[0], r[2]) + overlap(p[2], r[0]) > overlap(p[0], r[0]) + overlap(p[2], r[2]):
         rel = INVERSE[rel]
     return rel == r[1]
 
@@ -102,6 +124,9 @@ class RegionCaptionAccuracy(DatasetEvaluator):
         rel = [(c, ref) for c, ref, _ in pairs if split_relation(c) is not None or split_relation(ref) is not None]
         out["relation_unordered_accuracy"] = float(np.mean([relation_correct_unordered(c, r) for c, r in rel])) if rel else 0.0
         out["relation_unordered_count"] = len(rel)
+        both = [(c, ref) for c, ref, _ in pairs if split_relation(c) is not None and split_relation(ref) is not None]
+        out["relation_aligned_accuracy"] = float(np.mean([relation_correct_aligned(c, r) for c, r in both])) if both else 0.0
+        out["relation_aligned_count"] = len(both)
         for name, words in attribute_words().items():
             n_ok = n = 0
             for cap, ref, _ in pairs:

@@ -75,7 +75,11 @@ class DenseCapModel(nn.Module):
         pred_captions list[str] (words joined by spaces, no special tokens),
         pred_caption_tokens int64 (R, T) word ids, 0-padded, no START/END (T = max caption length),
         pred_caption_logprobs float32 (R,) total log-probability of the caption, END included,
-        region_codes float32 (R, D))}``, all tensors on the CPU.
+        region_codes float32 (R, D),
+        pair_parts int64 (R, 2), only with MODEL.ROI_HEADS.PAIR_BOXES: the positions of a pair
+                   region's two detections in the same result, -1 for other regions)}``, all
+                   tensors on the CPU. With MODEL.ROI_HEADS.PAIR_RELATIONS a pair region's caption
+                   is composed from its parts' captions (``densecap.modeling.pair_captions``).
     With an image-caption head each dict also holds the whole-image caption:
     ``image_caption`` str, ``image_caption_logprob`` float, ``image_captions`` the top N
     ``[{"caption", "logprob"}]``, ``attention`` float (T, h, w) per-word attention maps (None for
@@ -88,7 +92,7 @@ class DenseCapModel(nn.Module):
     (MODEL.ROI.NMS_THRESH_TEST), ``model.roi_heads.score_thresh`` (TEST.SCORE_THRESH),
     ``model.roi_heads.detections_per_image`` (TEST.DETECTIONS_PER_IMAGE, 0 = all),
     ``model.rpn.nms_thresh``, ``model.rpn.pre_nms_topk``, ``model.rpn.post_nms_topk``
-    (MODEL.RPN.*_TEST); with an image-caption head ``caption_beam_size``, ``caption_max_len``,
+    (MODEL.RPN.*_TEST), ``model.roi_heads.pair_boxes`` (MODEL.ROI_HEADS.PAIR_BOXES); with an image-caption head ``caption_beam_size``, ``caption_max_len``,
     ``num_captions``, ``length_penalty``, ``block_repeats`` (MODEL.IMAGE_CAPTION.*).
 
     Frames: ``model.transform`` (:class:`~densecap.modeling.transform.DenseCapTransform`) resizes
@@ -126,6 +130,7 @@ class DenseCapModel(nn.Module):
         block_repeats: bool = False,
         joint_box_head: Optional[JointBoxRefiner] = None,
         transform: Optional[DenseCapTransform] = None,
+        pair_geometry=None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -154,6 +159,8 @@ class DenseCapModel(nn.Module):
         self.block_repeats = bool(block_repeats)
         # joint inference (MODEL.ROI_HEADS.JOINT_INFERENCE): the caption's final state refines the box
         self.joint_box_head = joint_box_head
+        # test time (MODEL.ROI_HEADS.PAIR_RELATIONS): pair regions' captions composed from their parts
+        self.pair_geometry = pair_geometry
 
     @property
     def capabilities(self) -> frozenset:
@@ -204,6 +211,7 @@ class DenseCapModel(nn.Module):
                 smooth_l1_beta=cfg.MODEL.ROI.SMOOTH_L1_BETA,
             ) if cfg.MODEL.ROI_HEADS.JOINT_INFERENCE else None,
             transform=cls.transform_class.from_config(cfg, size_divisibility=backbone.size_divisibility),
+            pair_geometry=_pair_geometry(cfg),
         )
 
     @property
@@ -310,6 +318,37 @@ class DenseCapModel(nn.Module):
                         "attention_cell": cell})
         return out
 
+    def _compose_pair_captions(self, dets: List[Instances], codes: Tensor, tokens: Tensor, logprobs: Tensor):
+        """Replace the captions of pair regions (``pair_parts`` >= 0) by the best composition of
+        their parts' captions (:func:`~densecap.modeling.pair_captions.compose_pair_captions`)."""
+        from .pair_captions import compose_pair_captions
+
+        rows, caps, boxes = [], [], []
+        start = 0
+        for d in dets:
+            if d.has("pair_parts"):
+                for k in torch.nonzero((d.pair_parts >= 0).all(dim=1)).flatten().tolist():
+                    a, b = (start + int(v) for v in d.pair_parts[k])
+                    rows.append(start + k)
+                    caps.append(tuple(self.vocab.decode_str(tokens[r].tolist()) for r in (a, b)))
+                    boxes.append(torch.stack([d.pred_boxes_resized[int(d.pair_parts[k, 0])],
+                                              d.pred_boxes_resized[int(d.pair_parts[k, 1])]]))
+            start += len(d)
+        if not rows:
+            return tokens, logprobs
+        new, lls = compose_pair_captions(self.caption_head, self.vocab, self.pair_geometry, codes[rows], caps,
+                                         torch.stack(boxes), 2 * self.max_caption_len + 2)  # two names, a relation
+        width = max([tokens.shape[1]] + [len(r) for r in new])
+        if width > tokens.shape[1]:
+            tokens = torch.cat([tokens, tokens.new_zeros((tokens.shape[0], width - tokens.shape[1]))], dim=1)
+        tokens, logprobs = tokens.clone(), logprobs.clone()
+        for r, t, ll in zip(rows, new, lls):
+            if t:
+                tokens[r] = 0
+                tokens[r, : len(t)] = torch.as_tensor(t, dtype=tokens.dtype)
+                logprobs[r] = ll
+        return tokens, logprobs
+
     @torch.no_grad()
     def inference(self, batched_inputs: Sequence[Dict]) -> List[Dict]:
         """Detect and caption (see the class docstring for the output)."""
@@ -331,6 +370,8 @@ class DenseCapModel(nn.Module):
         tokens, logprobs = self.caption_head.generate(
             codes, beam_size=self.beam_size, max_len=self.max_caption_len, length_alpha=self.length_alpha
         )  # R T, R
+        if self.pair_geometry is not None:  # pair regions: captions composed from their two parts
+            tokens, logprobs = self._compose_pair_captions(dets, codes, tokens, logprobs)
         if self.joint_box_head is not None:  # joint inference: each caption's final state moves its box
             hidden = self.caption_head.final_hidden(codes, tokens).split([len(d) for d in dets])  # R H
             dets = [d if g else Instances(d.image_size, pred_boxes_resized=self.joint_box_head.refine(h, d.pred_boxes_resized,
@@ -357,6 +398,8 @@ class DenseCapModel(nn.Module):
                 pred_caption_logprobs=logprobs[start : start + n].float().cpu(),
                 region_codes=d.region_codes.float().cpu(),
             )
+            if d.has("pair_parts"):  # MODEL.ROI_HEADS.PAIR_BOXES: each pair region's two detections (-1: none)
+                inst.pair_parts = d.pair_parts.cpu()
             start += n
             results.append({"instances": inst})
         if self.image_caption_head is not None:
@@ -369,3 +412,16 @@ class DenseCapModel(nn.Module):
             for r, c in zip(results, captions):
                 r.update(c)
         return results
+
+
+def _pair_geometry(cfg):
+    """The relation geometry model of ``MODEL.ROI_HEADS.PAIR_RELATIONS`` (needs ``PAIR_BOXES``)."""
+    path = cfg.MODEL.ROI_HEADS.PAIR_RELATIONS
+    if not path:
+        return None
+    if cfg.MODEL.ROI_HEADS.PAIR_BOXES <= 0:
+        raise ValueError("MODEL.ROI_HEADS.PAIR_RELATIONS composes the captions of pair regions: "
+                         "set MODEL.ROI_HEADS.PAIR_BOXES > 0 too")
+    from .relation_geometry import RelationGeometry
+
+    return RelationGeometry.load(path)

@@ -13,6 +13,7 @@ Shapes: P: candidate boxes, D: region code dim.
 from __future__ import annotations
 
 import logging
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -45,15 +46,16 @@ def select_detections(
 
 
 
-def pair_unions(boxes: Tensor, top_n: int, *, same_object_iou: float = 0.5) -> Tensor:
-    """(U, 4) xyxy union boxes of every pair among the first ``top_n`` of ``boxes`` (P, 4) xyxy
-    (sorted best first); two boxes with IoU > ``same_object_iou`` are taken for one object and
-    not paired. U <= top_n * (top_n - 1) / 2."""
+def pair_unions(boxes: Tensor, top_n: int, *, same_object_iou: float = 0.5) -> Tuple[Tensor, Tensor]:
+    """Union boxes (U, 4) xyxy of every pair among the first ``top_n`` of ``boxes`` (P, 4) xyxy
+    (sorted best first), and the pairs (U, 2) as indices into ``boxes``; two boxes with IoU >
+    ``same_object_iou`` are taken for one object and not paired. U <= top_n * (top_n - 1) / 2."""
     b = boxes[: max(0, int(top_n))]
     if b.shape[0] < 2:
-        return boxes.new_zeros((0, 4))
+        return boxes.new_zeros((0, 4)), torch.zeros((0, 2), dtype=torch.long, device=boxes.device)
     i, j = torch.triu_indices(b.shape[0], b.shape[0], offset=1, device=b.device)  # U, U
     apart = box_iou(b.float(), b.float())[i, j] <= same_object_iou
     i, j = i[apart], j[apart]
-    return torch.stack([torch.minimum(b[i, 0], b[j, 0]), torch.minimum(b[i, 1], b[j, 1]),
-                        torch.maximum(b[i, 2], b[j, 2]), torch.maximum(b[i, 3], b[j, 3])], dim=1)
+    union = torch.stack([torch.minimum(b[i, 0], b[j, 0]), torch.minimum(b[i, 1], b[j, 1]),
+                         torch.maximum(b[i, 2], b[j, 2]), torch.maximum(b[i, 3], b[j, 3])], dim=1)
+    return union, torch.stack([i, j], dim=1)

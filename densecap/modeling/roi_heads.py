@@ -217,37 +217,56 @@ class DenseCapROIHeads(nn.Module):
 
     def _add_pair_unions(self, features: Dict[str, Tensor], dets: List[Instances], refine: Sequence[bool]) -> List[Instances]:
         """``PAIR_BOXES``: score the unions of pairs of each image's best detections like proposals
-        (objectness, refinement) and add those that survive: NMS among themselves at ``nms_thresh``,
-        and none within IoU ``pair_duplicate_iou`` of a detection already kept (the same region).
-        The detections of an image stay sorted by score and capped at ``detections_per_image``."""
-        unions = [pair_unions(d.pred_boxes_resized, self.pair_boxes) if ref else d.pred_boxes_resized[:0]
-                  for d, ref in zip(dets, refine)]  # U 4 per image
-        if sum(int(u.shape[0]) for u in unions) == 0:
-            return dets
-        codes, logits, deltas = self._recognize(features, unions)
-        scores = torch.sigmoid(logits)
+        (objectness, refinement) and add those that survive: NMS among themselves at ``nms_thresh``;
+        a union within IoU ``pair_duplicate_iou`` of a detection already kept is that region, so it
+        is not added and the detection takes its pair of parts instead.
+        The detections of an image stay sorted by score and capped at ``detections_per_image``;
+        ``pair_parts`` (n, 2) gives each pair region's two detections (their positions in the
+        result; -1 for the other regions, or for a part the cap dropped)."""
+        made = [pair_unions(d.pred_boxes_resized, self.pair_boxes) if ref else
+                (d.pred_boxes_resized[:0], torch.zeros((0, 2), dtype=torch.long, device=d.pred_boxes_resized.device))
+                for d, ref in zip(dets, refine)]
+        unions = [u for u, _ in made]  # U 4 per image
+        codes = logits = deltas = None
+        if sum(int(u.shape[0]) for u in unions):
+            codes, logits, deltas = self._recognize(features, unions)
         out, start = [], 0
-        for d, u in zip(dets, unions):
-            n = u.shape[0]
-            c, s, dl = codes[start : start + n], scores[start : start + n], deltas[start : start + n]
-            start += n
+        for d, (u, parts) in zip(dets, made):
+            n, m = u.shape[0], len(d)
+            own_parts = torch.full((m, 2), -1, dtype=torch.long, device=d.scores.device)
             if n == 0:
-                out.append(d)
+                out.append(Instances(d.image_size, pred_boxes_resized=d.pred_boxes_resized, scores=d.scores,
+                                     region_codes=d.region_codes, pair_parts=own_parts))
                 continue
+            c, s, dl = codes[start : start + n], torch.sigmoid(logits[start : start + n]), deltas[start : start + n]
+            start += n
             h, w = d.image_size
             b = clip_xyxy(apply_deltas(u, dl), h, w)
             keep = select_detections(b, s, nms_thresh=self.nms_thresh, score_thresh=self.score_thresh)
-            b, s, c = b[keep], s[keep], c[keep]
-            if len(d) and len(b):
-                fresh = box_iou(b.float(), d.pred_boxes_resized.float()).max(dim=1).values <= self.pair_duplicate_iou
-                b, s, c = b[fresh], s[fresh], c[fresh]
-            boxes = torch.cat([d.pred_boxes_resized, b])
+            b, s, c, parts = b[keep], s[keep], c[keep], parts[keep]
+            if len(b) and m:
+                # a union that repeats a detection (IoU > pair_duplicate_iou) is not added: that
+                # detection becomes the pair region (its caption is composed from the same parts)
+                iou, near = box_iou(b.float(), d.pred_boxes_resized.float()).max(dim=1)
+                dup = iou > self.pair_duplicate_iou
+                for k in torch.nonzero(dup).flatten().tolist():  # the unions are in score order: the best pair wins
+                    j = int(near[k])
+                    if own_parts[j, 0] < 0 and j not in parts[k].tolist():
+                        own_parts[j] = parts[k]
+                b, s, c, parts = b[~dup], s[~dup], c[~dup], parts[~dup]
             sc = torch.cat([d.scores, s])
-            cd = torch.cat([d.region_codes, c])
             order = torch.sort(sc, descending=True, stable=True).indices
             if self.detections_per_image > 0:
                 order = order[: self.detections_per_image]
-            out.append(Instances(d.image_size, pred_boxes_resized=boxes[order], scores=sc[order], region_codes=cd[order]))
+            new_pos = torch.full((m + len(b),), -1, dtype=torch.long, device=sc.device)
+            new_pos[order] = torch.arange(len(order), device=sc.device)
+            all_parts = torch.cat([own_parts, parts.to(own_parts.device)])[order]  # positions before the ordering
+            both = (all_parts >= 0).all(dim=1)
+            remapped = torch.full_like(all_parts, -1)
+            remapped[both] = new_pos[all_parts[both]]
+            remapped[(remapped < 0).any(dim=1)] = -1  # a part fell to the cap: no pair
+            out.append(Instances(d.image_size, pred_boxes_resized=torch.cat([d.pred_boxes_resized, b])[order], scores=sc[order],
+                                 region_codes=torch.cat([d.region_codes, c])[order], pair_parts=remapped))
         return out
 
     @torch.no_grad()
@@ -287,6 +306,7 @@ class DenseCapROIHeads(nn.Module):
                 features, torch.cat([o.region_codes for o in out]), [o.pred_boxes_resized for o in out],
                 [o.image_size for o in out],
             ).split([len(o) for o in out])
-            out = [Instances(o.image_size, pred_boxes_resized=o.pred_boxes_resized, scores=o.scores, region_codes=f)
+            out = [Instances(o.image_size, pred_boxes_resized=o.pred_boxes_resized, scores=o.scores, region_codes=f,
+                             **({"pair_parts": o.pair_parts} if o.has("pair_parts") else {}))
                    for o, f in zip(out, fused)]
         return out
