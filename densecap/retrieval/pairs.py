@@ -9,13 +9,11 @@ gets
 
     score(i, j) = log p(subject | code_i) + log p(object | code_j) + log p(relation | box_i, box_j)
 
-(``log p(subject | code_i)``: the log-likelihood of :func:`phrase_captions`).
-
-where the last term is a small learnt model of the pair's geometry
-(:class:`~densecap.modeling.relation_geometry.RelationGeometry`, fitted on a training split's
-annotated relations). The answer is the union box of the pair, the
-box a relational region is annotated with, with the two parts it came from. Everything comes from
-an index (codes and boxes): no image is read again at query time.
+where the phrase terms are log-likelihoods of :func:`phrase_captions` and the last term is a small
+learnt model of the pair's geometry (:class:`~densecap.modeling.relation_geometry.RelationGeometry`,
+fitted on a training split's annotated relations). The answer is the union box of the pair (the
+box a relational region is annotated with), with the two parts it came from. Everything comes
+from an index (codes, boxes and captions): no image is read again at query time.
 
 Shapes: R: regions scored, P: pairs.
 """
@@ -30,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from densecap.data.relations import split_relation
-from densecap.modeling.relation_geometry import (GEOMETRY_FILE, RelationGeometry, _content, _names, pair_features,
+from densecap.modeling.relation_geometry import (GEOMETRY_FILE, RelationGeometry, content_words, names_phrase, pair_features,
                                                  relation_triples, split_triples, union_xywh)
 from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
 
@@ -38,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RelationGeometry", "relation_triples", "pair_features", "ground_pairs", "parse_relational",
            "GEOMETRY_FILE", "phrase_captions", "score_phrase", "split_triples", "load_geometry", "PairHit"]
-
 
 
 def parse_relational(text: str) -> Optional[Tuple[str, str, str]]:
@@ -54,21 +51,25 @@ def phrase_captions(phrase: str, region_captions: Sequence[str]) -> List[str]:
     caption when it names the phrase ("a large striped red star") and no relation, else the
     phrase itself.
 
-    The quantity wanted is p(a caption naming the phrase | region). A phrase of a relational
-    query is shorter than the region's captions were ("a red star" never ends a region caption),
-    so its own likelihood is a poor estimate of that; the best of {the phrase, the region's
-    caption if it names the phrase} is a lower bound of it that the language model does rank.
+    The quantity wanted is p(some caption naming the phrase | region). A phrase of a relational
+    query is shorter than the captions regions were trained with ("a red star" never ends a
+    region caption), so its own likelihood estimates that badly. The region's caption, when it
+    names the phrase, is one caption naming it: its likelihood is a lower bound of the quantity
+    that the language model ranks well.
     """
-    words = _content(phrase)
-    return [c if c and split_relation(c) is None and _names(c, words) else phrase for c in region_captions]
+    words = content_words(phrase)
+    return [c if c and split_relation(c) is None and names_phrase(c, words) else phrase for c in region_captions]
 
 
 def score_phrase(rmodel, codes: np.ndarray, region_captions: Sequence[str], phrase: str) -> np.ndarray:
     """float32 (R,) log-likelihood of :func:`phrase_captions` given each region code (R, D);
-    ``rmodel`` a :class:`~densecap.retrieval.search.RetrievalModel`."""
+    ``rmodel`` a :class:`~densecap.retrieval.search.RetrievalModel`. A region whose caption names
+    a relation shows two objects, not one: it is no part of a pair (-inf)."""
     if not len(codes):
         return np.zeros(0, np.float32)
-    return rmodel.score_rows(codes, rmodel.encode_captions(phrase_captions(phrase, region_captions)))
+    out = rmodel.score_rows(codes, rmodel.encode_captions(phrase_captions(phrase, region_captions)))
+    out[[split_relation(c) is not None for c in region_captions]] = -np.inf
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -114,19 +115,22 @@ def ground_pairs(
     """The ``topk`` best (subject, object) pairs, best first (module docstring for the score).
 
     subject_ids / object_ids: region ids scored as the subject / object (any subset of the
-    regions, e.g. a fast stage's candidates) with their log-likelihoods; boxes (R, 4) [x, y, w, h]
+    regions, e.g. a fast stage's candidates) with their log-likelihoods (-inf: not a candidate); boxes (R, 4) [x, y, w, h]
     and region_image (R,) index every region id. Per image the ``per_image`` best of each are
     paired; two boxes with IoU > ``same_object_iou`` are taken for one object and not paired;
     within an image, a pair whose union box overlaps a better pair's by IoU > ``nms_iou`` is dropped.
     """
-    subject_ids = np.asarray(subject_ids, np.int64)
-    object_ids = np.asarray(object_ids, np.int64)
+    subject_scores = np.asarray(subject_scores, np.float64)
+    object_scores = np.asarray(object_scores, np.float64)
+    ok_s, ok_o = np.isfinite(subject_scores), np.isfinite(object_scores)  # -inf: not a candidate
+    subject_ids, subject_scores = np.asarray(subject_ids, np.int64)[ok_s], subject_scores[ok_s]
+    object_ids, object_scores = np.asarray(object_ids, np.int64)[ok_o], object_scores[ok_o]
     if not len(subject_ids) or not len(object_ids):
         return []
-    s_of = dict(zip(subject_ids.tolist(), np.asarray(subject_scores, np.float64).tolist()))
-    o_of = dict(zip(object_ids.tolist(), np.asarray(object_scores, np.float64).tolist()))
-    subs = _best_per_image(subject_ids, np.asarray(subject_scores, np.float64), region_image, per_image)
-    objs = _best_per_image(object_ids, np.asarray(object_scores, np.float64), region_image, per_image)
+    s_of = dict(zip(subject_ids.tolist(), subject_scores.tolist()))
+    o_of = dict(zip(object_ids.tolist(), object_scores.tolist()))
+    subs = _best_per_image(subject_ids, subject_scores, region_image, per_image)
+    objs = _best_per_image(object_ids, object_scores, region_image, per_image)
     si, oi = [], []
     for im, s in subs.items():
         o = objs.get(im)
