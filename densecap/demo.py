@@ -13,8 +13,8 @@ Stages (each reuses what a previous run already finished, so a second run is qui
 4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/,
    index.html; every image with its regions and its whole-image caption), and the per-word
    attention figures of the first test images -> ``output/demo/attention/attention/*.png``
-5. ``retrieve``: index the test images (``output/demo/retrieval_index``), fit the relation geometry
-   model on the training split into it (``relations.json``), and run an example text query and a
+5. ``retrieve``: index the test images (``output/demo/retrieval_index``), copy the relation geometry
+   model into it (``relations.json``), and run an example text query and a
    relational one ("... left of ...", grounded as pairs of regions) in fast and exact mode ->
    ``output/demo/retrieval/`` (hits JSON and contact sheets)
 
@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -138,15 +139,14 @@ def stage_attention(out: str, data: str, weights: str, num_images: int = 6) -> s
     return att
 
 
-def stage_retrieve(out: str, data: str, weights: str, query: str, relational_query: str, extra=()) -> str:
+def stage_retrieve(out: str, data: str, weights: str, query: str, relational_query: str, relations: str) -> str:
     index = os.path.join(out, "retrieval_index")
     res = os.path.join(out, "retrieval")
     inputs = _test_images(data)
     tool = os.path.join(ROOT, "tools", "retrieve.py")
     # incremental: a second run skips the images already indexed with this checkpoint
-    _run([sys.executable, tool, "index", "--weights", weights, "--input", *inputs, "--index", index, *extra])
-    if not os.path.exists(os.path.join(index, "relations.json")):
-        _run([sys.executable, tool, "fit-relations", "--data", os.path.join(data, "prepared"), "--index", index])
+    _run([sys.executable, tool, "index", "--weights", weights, "--input", *inputs, "--index", index])
+    shutil.copyfile(relations, os.path.join(index, "relations.json"))  # relational queries: pairs of regions
     for name, q in (("", query), ("relational_", relational_query)):
         for mode in ("fast", "exact"):
             _run([sys.executable, tool, "query", "--index", index, "--query", q, "--mode", mode, "--topk", "10",
@@ -170,14 +170,16 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     prepared = stage_data(out, args.num_images, args.seed)
-    pairs = pair_opts(stage_relations(out, prepared))
+    relations = stage_relations(out, prepared)
+    pairs = pair_opts(relations)
     weights = stage_train(out, prepared, args.config_file, args.opts)
     metrics = stage_eval(out, prepared, args.config_file, weights, [*pairs, *args.opts])
     infer = stage_infer(out, os.path.dirname(prepared), weights, pairs)
     stage_attention(out, os.path.dirname(prepared), weights)
     # the index holds the detections alone (pair regions would crowd the fast stage's candidates):
     # relational queries are grounded as pairs of them at query time
-    retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query, args.relational_query)
+    retrieval = stage_retrieve(out, os.path.dirname(prepared), weights, args.query, args.relational_query,
+                               relations)
     ic = metrics.get("image_caption") or {}
     logger.info("done in %.0f s: mAP %.2f, detection mAP %.2f, whole-image CIDEr %.3f; results in %s (open %s; "
                 "retrieval hits in %s)", time.time() - t0, metrics.get("map", float("nan")),

@@ -92,8 +92,9 @@ class DenseCapModel(nn.Module):
     (MODEL.ROI.NMS_THRESH_TEST), ``model.roi_heads.score_thresh`` (TEST.SCORE_THRESH),
     ``model.roi_heads.detections_per_image`` (TEST.DETECTIONS_PER_IMAGE, 0 = all),
     ``model.rpn.nms_thresh``, ``model.rpn.pre_nms_topk``, ``model.rpn.post_nms_topk``
-    (MODEL.RPN.*_TEST), ``model.roi_heads.pair_boxes`` (MODEL.ROI_HEADS.PAIR_BOXES); with an image-caption head ``caption_beam_size``, ``caption_max_len``,
-    ``num_captions``, ``length_penalty``, ``block_repeats`` (MODEL.IMAGE_CAPTION.*).
+    (MODEL.RPN.*_TEST), ``model.roi_heads.pair_boxes`` (MODEL.ROI_HEADS.PAIR_BOXES); with an
+    image-caption head ``caption_beam_size``, ``caption_max_len``, ``num_captions``,
+    ``length_penalty``, ``block_repeats`` (MODEL.IMAGE_CAPTION.*).
 
     Frames: ``model.transform`` (:class:`~densecap.modeling.transform.DenseCapTransform`) resizes
     and normalises on the way in and maps boxes back to original pixels on the way out (the one

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from densecap.data.relations import INVERSE, split_relation
-from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
+from densecap.structures.boxes import iou_xyxy_np, paired_iou_xyxy_np, xywh_to_xyxy
 from densecap.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -60,10 +60,7 @@ def pair_features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     s = np.sqrt(np.maximum((ux2 - ux1) * (uy2 - uy1), 1e-6))
     dx = ((bx1 + bw / 2) - (ax1 + aw / 2)) / s
     dy = ((by1 + bh / 2) - (ay1 + ah / 2)) / s
-    iw = np.maximum(0.0, np.minimum(ax2, bx2) - np.maximum(ax1, bx1))
-    ih = np.maximum(0.0, np.minimum(ay2, by2) - np.maximum(ay1, by1))
-    inter = iw * ih
-    iou = inter / np.maximum(aw * ah + bw * bh - inter, 1e-6)
+    iou = paired_iou_xyxy_np(xywh_to_xyxy(a), xywh_to_xyxy(b))
     feats = [dx, dy, np.abs(dx), np.abs(dy), (bx1 - ax2) / s, (ax1 - bx2) / s, (by1 - ay2) / s, (ay1 - by2) / s,
              np.log(np.maximum(bw, 1e-3) / np.maximum(aw, 1e-3)), np.log(np.maximum(bh, 1e-3) / np.maximum(ah, 1e-3)), iou]
     return np.stack(feats, axis=1).astype(np.float32)

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from densecap.data.relations import split_relation
+from densecap.data.tokenizer import tokenize
 from densecap.modeling.relation_geometry import (GEOMETRY_FILE, RelationGeometry, content_words, names_phrase, pair_features,
                                                  relation_triples, split_triples, union_xywh)
-from densecap.structures.boxes import iou_xyxy_np, xywh_to_xyxy
+from densecap.structures.boxes import iou_xyxy_np, paired_iou_xyxy_np, xywh_to_xyxy
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ __all__ = ["RelationGeometry", "relation_triples", "pair_features", "ground_pair
 
 def parse_relational(text: str) -> Optional[Tuple[str, str, str]]:
     """``(subject phrase, relation, object phrase)`` of a query that names a relation, else None."""
-    return split_relation(" ".join(re.findall(r"[a-z0-9]+", text.lower())))
+    return split_relation(" ".join(tokenize(text)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -142,11 +142,7 @@ def ground_pairs(
         return []
     si, oi = np.concatenate(si), np.concatenate(oi)  # P
     a, b = np.asarray(boxes[si], np.float64), np.asarray(boxes[oi], np.float64)  # P 4
-    aa, bb = xywh_to_xyxy(a), xywh_to_xyxy(b)
-    iw = np.clip(np.minimum(aa[:, 2], bb[:, 2]) - np.maximum(aa[:, 0], bb[:, 0]), 0, None)
-    ih = np.clip(np.minimum(aa[:, 3], bb[:, 3]) - np.maximum(aa[:, 1], bb[:, 1]), 0, None)
-    inter = iw * ih
-    iou = inter / np.maximum(a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter, 1e-9)
+    iou = paired_iou_xyxy_np(xywh_to_xyxy(a), xywh_to_xyxy(b))
     keep = (si != oi) & (iou <= same_object_iou)
     si, oi, a, b = si[keep], oi[keep], a[keep], b[keep]
     if not len(si):

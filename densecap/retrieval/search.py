@@ -270,14 +270,18 @@ class RetrievalModel:
                     return self._score_plain(codes, captions)
         return out
 
+    def _score_chunk(self, tokens: int) -> int:
+        """Regions scored together by ``caption_head.score`` for captions of ``tokens`` tokens: the
+        (C, T+1, V) logits stay within ``logits_budget``."""
+        return max(16, min(self.chunk_size, self.logits_budget // ((tokens + 2) * max(1, len(self.vocab)))))
+
     @torch.inference_mode()
     def score_rows(self, codes: np.ndarray, captions: torch.Tensor) -> np.ndarray:
         """float32 (N,): log-likelihood (END included) of caption row i (N, T), 0-padded, given
         region code i (N, D); chunks keep the (C, T+1, V) logits within ``logits_budget``."""
         out = np.empty(len(codes), dtype=np.float32)
         dev = self.device
-        t = int(captions.shape[1]) if captions.ndim == 2 else 1
-        step = max(16, min(self.chunk_size, self.logits_budget // ((t + 2) * max(1, len(self.vocab)))))
+        step = self._score_chunk(int(captions.shape[1]))
         for a in range(0, len(codes), step):
             c = torch.from_numpy(np.array(codes[a : a + step], dtype=np.float32)).to(dev)  # C D
             out[a : a + len(c)] = self.caption_head.score(c, captions[a : a + len(c)].to(dev)).float().cpu().numpy()
@@ -289,8 +293,7 @@ class RetrievalModel:
         dev = self.device
         for i in range(len(captions)):
             q = captions[i : i + 1].to(dev)
-            t = int((q != 0).sum())
-            step = max(16, min(self.chunk_size, self.logits_budget // ((t + 2) * max(1, len(self.vocab)))))
+            step = self._score_chunk(int((q != 0).sum()))
             for a in range(0, len(codes), step):
                 c = torch.from_numpy(np.array(codes[a : a + step], dtype=np.float32)).to(dev)  # C D
                 out[i, a : a + len(c)] = self.caption_head.score(c, q.expand(len(c), -1)).float().cpu().numpy()

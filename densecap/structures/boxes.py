@@ -95,6 +95,17 @@ def iou_xyxy_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def paired_iou_xyxy_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of box i of ``a`` with box i of ``b`` (numpy ``xyxy``): (N,4), (N,4) -> (N,)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    wh = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None)
+    inter = wh[:, 0] * wh[:, 1]
+    union = area_xyxy(a) + area_xyxy(b) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
 def encode_deltas(anchors_xyxy: "torch.Tensor", target_xyxy: "torch.Tensor") -> "torch.Tensor":
     """Deltas (tx, ty, tw, th) that move ``anchors`` onto ``targets``.
 
