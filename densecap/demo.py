@@ -7,7 +7,8 @@ Stages (each reuses what a previous run already finished, so a second run is qui
 2. ``train``: train ``configs/synthetic/densecap_small_joint.yaml`` (the dense captioner and a
    soft-attention whole-image caption head on one backbone) -> ``output/demo/model_final.pth``;
    evaluation and inference run it with pair regions (``MODEL.ROI_HEADS.PAIR_BOXES``, test time
-   only) whose captions are composed with that geometry model (``MODEL.ROI_HEADS.PAIR_RELATIONS``)
+   only, ranked after the detections they tie with: ``MODEL.ROI_HEADS.PAIR_SCORE_SCALE``) whose
+   captions are composed with that geometry model (``MODEL.ROI_HEADS.PAIR_RELATIONS``)
 3. ``eval``:  DenseCap mAP on the test split, and the whole-image captions' BLEU/METEOR/ROUGE-L/CIDEr
    and attention grounding -> ``output/demo/eval.json``
 4. ``infer``: ``tools/infer.py`` on the test images -> ``output/demo/infer/`` (results.json, vis/,
@@ -54,6 +55,7 @@ def stage_data(out: str, num_images: int, seed: int) -> str:
 
 
 PAIR_BOXES = 5  # test time: unions of pairs of each image's 5 best detections (densecap/modeling/pair_captions.py)
+PAIR_SCORE_SCALE = 0.9  # their scores x 0.9: ranked after the detections they tie with (chosen on val)
 
 
 def stage_relations(out: str, prepared: str) -> str:
@@ -67,7 +69,8 @@ def stage_relations(out: str, prepared: str) -> str:
 
 
 def pair_opts(relations: str):
-    return ["MODEL.ROI_HEADS.PAIR_BOXES", str(PAIR_BOXES), "MODEL.ROI_HEADS.PAIR_RELATIONS", relations]
+    return ["MODEL.ROI_HEADS.PAIR_BOXES", str(PAIR_BOXES), "MODEL.ROI_HEADS.PAIR_SCORE_SCALE", str(PAIR_SCORE_SCALE),
+            "MODEL.ROI_HEADS.PAIR_RELATIONS", relations]
 
 
 def dataset_opts(prepared: str, out: str):

@@ -111,3 +111,41 @@ def test_bad_quantize_value_is_an_error():
     cfg = _cfg("TEST.QUANTIZE", "int4")
     with pytest.raises(ValueError, match="TEST.QUANTIZE"):
         optimize_for_inference(_model(cfg), cfg)
+
+
+def test_bfloat16_runs_heavy_layers_in_bfloat16_and_hands_back_float32(plain_predictions):
+    cfg = _cfg("TEST.PRECISION", "bfloat16")
+    model = _model(cfg)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.backbone(x)
+    pred = DenseCapPredictor.from_config(cfg, model)
+    assert model._inference_levers["precision"] == "bfloat16"
+    seen = []
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with torch.no_grad():
+        got = model.backbone(x)
+    hook.remove()
+    assert seen == [torch.bfloat16]  # inside: bfloat16
+    for k in ref:  # outside: float32, within bfloat16's rounding of the float32 features
+        assert got[k].dtype == torch.float32
+        scale = float(ref[k].abs().max())
+        assert float((got[k] - ref[k].contiguous()).abs().max()) <= 0.05 * scale + 1e-6, k
+    codes = torch.randn(5, model.caption_head.image_proj[0].in_features)
+    tokens, logprobs = model.caption_head.generate(codes, max_len=6)
+    assert tokens.dtype == torch.long and logprobs.dtype == torch.float32 and torch.isfinite(logprobs).all()
+    for p, r in zip(pred.predict(_images()), plain_predictions):
+        assert 0 < len(p) <= 20 and abs(len(p) - len(r)) <= 3
+        assert p.boxes.dtype == np.float32 and np.isfinite(p.boxes).all() and (p.boxes[:, 2:] > 0).all()
+        assert ((p.scores >= 0) & (p.scores <= 1)).all() and np.all(np.diff(p.scores) <= 1e-6)
+        assert all(isinstance(c, str) for c in p.captions) and np.isfinite(p.caption_logprobs).all()
+
+
+def test_precision_choices_and_exclusive_with_int8():
+    cfg = _cfg("TEST.PRECISION", "float16")
+    with pytest.raises(ValueError, match="TEST.PRECISION"):
+        optimize_for_inference(_model(cfg), cfg)
+    cfg = _cfg("TEST.PRECISION", "bfloat16", "TEST.QUANTIZE", "int8")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        optimize_for_inference(_model(cfg), cfg)

@@ -145,3 +145,26 @@ def test_pair_boxes_edge_cases(geo, tmp_path):
         build_model(tiny_cfg(**{"MODEL.ROI_HEADS.PAIR_RELATIONS": str(tmp_path / "r.json")}), VOCAB)
     with pytest.raises(ValueError, match="nope.json"):
         build_model(tiny_cfg(**{"MODEL.ROI_HEADS.PAIR_BOXES": 2, "MODEL.ROI_HEADS.PAIR_RELATIONS": str(tmp_path / "nope.json")}), VOCAB)
+
+
+def test_pair_score_scale_scales_only_the_added_unions():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.ROI_HEADS.PAIR_BOXES": 4}), VOCAB).eval()
+    assert model.roi_heads.pair_score_scale == 1.0
+    full = [o["instances"] for o in model(make_inputs(2))]
+    model.roi_heads.pair_score_scale = 0.25
+    scaled = [o["instances"] for o in model(make_inputs(2))]
+    model.roi_heads.pair_boxes = 0
+    plain = [o["instances"] for o in model(make_inputs(2))]  # the detections alone
+    added = 0
+    for p, a, b in zip(plain, full, scaled):
+        assert len(a) == len(b) and torch.all(b.scores[:-1] >= b.scores[1:])
+        for box, s in zip(b.pred_boxes, b.scores):
+            det = torch.nonzero((p.pred_boxes - box).abs().sum(1) < 1e-4).flatten()
+            if len(det):  # a detection keeps its score
+                assert torch.isclose(s, p.scores[det[0]])
+                continue
+            added += 1  # an added union: its score times the scale
+            hit = torch.nonzero((a.pred_boxes - box).abs().sum(1) < 1e-4).flatten()
+            assert len(hit) and torch.isclose(s, a.scores[hit[0]] * 0.25)
+    assert added > 0

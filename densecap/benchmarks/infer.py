@@ -25,8 +25,10 @@ includes the load.
 
 Test-time levers: the DenseCap model gets the predictor's (``optimize_for_inference``: frozen batch
 norms folded, channels_last backbone by default; ``TEST.FOLD_BN False TEST.CHANNELS_LAST False``
-measures the plain path, ``TEST.QUANTIZE int8`` the opt-in quantization). Both models run under
-``torch.inference_mode``. The peer is torchvision's model as users get it, nothing folded.
+measures the plain path, ``TEST.QUANTIZE int8`` the opt-in quantization, ``TEST.PRECISION bfloat16``
+the opt-in bfloat16 autocast). Both models run under ``torch.inference_mode``. The peer is
+torchvision's model as users get it, nothing folded; ``--peer-precision bfloat16`` runs its whole
+forward under bfloat16 autocast, for a like-for-like comparison with ``TEST.PRECISION bfloat16``.
 
 Headline ``ratio`` = median DenseCap seconds per image / median detector seconds per image
 (target <= 0.8).
@@ -60,6 +62,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--peer", choices=("auto", "fasterrcnn", "vgg16-floor"), default="auto",
                         help="what the model is timed against (auto: vgg16-floor for the original "
                              "architecture's config, torchvision's Faster R-CNN otherwise)")
+    parser.add_argument("--peer-precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: the peer's forward under torch.autocast (compare with TEST.PRECISION bfloat16)")
     parser.add_argument("--no-profile", action="store_true",
                         help="vgg16-floor: skip the per-stage profile of one pass")
     parser.add_argument("--folder", type=int, default=0,
@@ -117,8 +121,10 @@ def run(args) -> Dict:
             captioned.append(len(inst))
             caption_words.extend(int((t != 0).sum()) for t in inst.pred_caption_tokens)
 
+    peer_bf16 = args.peer_precision == "bfloat16"
+
     def step_b(i: int) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=peer_bf16):
             out = peer(pr_batches[i])
         detected.extend(len(o["boxes"]) for o in out)
 
@@ -148,6 +154,7 @@ def run(args) -> Dict:
         "detector_rpn_pre_nms_top_n_per_level": peer.rpn._pre_nms_top_n["testing"],
         "beam_size": model.beam_size,
         "inference_levers": dict(model._inference_levers),
+        "detector_precision": args.peer_precision,
         "vocab_size": len(vocab),
         "batch_size": B,
         "images": n,

@@ -120,6 +120,10 @@ _C.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE = 2.0
 # test time: the unions of pairs of each image's N best detections are scored like proposals
 # and added to its detections (regions showing two objects in a relation); 0 = off (the original)
 _C.MODEL.ROI_HEADS.PAIR_BOXES = 0
+# with PAIR_BOXES: the added pair regions' scores (their objectness) times this. Below 1 ranks them
+# after the single detections of the same objectness: few of the pairs an image offers are
+# annotated, so a pair region is a true positive less often than a detection is
+_C.MODEL.ROI_HEADS.PAIR_SCORE_SCALE = 1.0
 # with PAIR_BOXES: a relation geometry model (relations.json, `tools/retrieve.py fit-relations`);
 # each pair region's caption is then composed from its two parts' captions and the relation the
 # geometry and the language model find best (densecap/modeling/pair_captions.py); "" = off
@@ -346,6 +350,10 @@ _C.TEST.FOLD_BN = True
 _C.TEST.CHANNELS_LAST = True
 # "" or "int8": dynamic int8 quantization of the nn.Linear layers (opt-in; changes outputs slightly)
 _C.TEST.QUANTIZE = ""
+# "float32" or "bfloat16": the backbone, RPN head, recognition MLP and caption decoding under
+# bfloat16 autocast, float32 everywhere else (opt-in; fast on CPUs with AVX512-BF16/AMX and on GPUs;
+# changes outputs slightly; not with TEST.QUANTIZE)
+_C.TEST.PRECISION = "float32"
 
 _C.OUTPUT_DIR = "./output"
 # torch intra-op threads (0 = torch's default, one per core). On a small shared CPU, 1 thread plus

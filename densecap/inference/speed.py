@@ -19,8 +19,14 @@ C: channels of a convolution's output.
   activations quantized on the fly. Outputs change slightly (scores, boxes and some captions).
   The LSTM's recurrent step runs as plain matrix products of its float weights (see
   ``densecap.modeling.language_model``), so it stays float.
-
-Both change the model in place: apply them to a model used only for inference (the predictor
+* ``TEST.PRECISION`` (default ``"float32"``; ``"bfloat16"``): the heavy layers run their matrix
+  products and convolutions in bfloat16 under ``torch.autocast``: the backbone, the RPN head, the
+  recognition MLP and the caption decoders' ``generate`` (region and whole-image captions). Each of
+  them hands float32 back (its tensor outputs are cast up), so box geometry, the NMS, the sampler,
+  the score and box heads and the caption log-probabilities stay float32. Fast on CPUs with native
+  bfloat16 (AVX512-BF16, AMX) and on GPUs; elsewhere it is emulated and slower, and a warning says so.
+  Outputs change slightly (scores, boxes, some captions). Not combined with ``TEST.QUANTIZE``.
+They change the model in place: apply them to a model used only for inference (the predictor
 does, when it is built from a config).
 """
 from __future__ import annotations
@@ -34,9 +40,11 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUANTIZE_CHOICES", "fold_frozen_batchnorm", "to_channels_last", "quantize_int8", "optimize_for_inference"]
+__all__ = ["QUANTIZE_CHOICES", "PRECISION_CHOICES", "fold_frozen_batchnorm", "to_channels_last", "quantize_int8",
+           "autocast_bfloat16", "optimize_for_inference"]
 
 QUANTIZE_CHOICES = ("", "int8")
+PRECISION_CHOICES = ("float32", "bfloat16")
 
 
 def _fold_into(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
@@ -96,11 +104,72 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
+def _float32_outputs(out):
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return type(out)((k, _float32_outputs(v)) for k, v in out.items())
+    if isinstance(out, (list, tuple)):
+        return type(out)(_float32_outputs(v) for v in out)
+    return out
+
+
+def _autocast_method(obj: nn.Module, name: str, device_type: str) -> None:
+    """``obj.<name>`` (a bound method) runs under bfloat16 autocast and returns float32 tensors."""
+    inner = getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = inner(*args, **kwargs)
+        return _float32_outputs(out)
+
+    setattr(obj, name, wrapped)  # an instance attribute shadows the class's method
+
+
+def _bfloat16_targets(model: nn.Module):
+    """(module, method name) pairs of the heavy layers: see ``TEST.PRECISION`` in the module docstring."""
+    from densecap.modeling.image_caption.base import ImageCaptionHead
+    from densecap.modeling.language_model import CaptionDecoder
+
+    targets, seen = [], set()
+    for module in model.modules():
+        for attr in ("backbone", "recognition"):
+            sub = getattr(module, attr, None)
+            if isinstance(sub, nn.Module) and id(sub) not in seen:
+                targets.append((sub, "forward"))
+                seen.add(id(sub))
+        rpn_head = getattr(getattr(module, "rpn", None), "head", None)
+        if isinstance(rpn_head, nn.Module) and id(rpn_head) not in seen:
+            targets.append((rpn_head, "forward"))
+            seen.add(id(rpn_head))
+        if isinstance(module, (CaptionDecoder, ImageCaptionHead)) and id(module) not in seen:
+            targets.append((module, "generate"))
+            seen.add(id(module))
+    return targets
+
+
+def autocast_bfloat16(model: nn.Module) -> int:
+    """Run the model's heavy layers in bfloat16 (``TEST.PRECISION bfloat16``), in place. Returns the
+    number of layers wrapped."""
+    try:
+        device_type = next(model.parameters()).device.type
+    except StopIteration:
+        return 0
+    if device_type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("TEST.PRECISION bfloat16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); "
+                       "it is emulated and slower than float32")
+    targets = _bfloat16_targets(model)
+    for obj, name in targets:
+        _autocast_method(obj, name, device_type)
+    return len(targets)
+
+
 def optimize_for_inference(model: nn.Module, cfg=None, *, fold_bn: Optional[bool] = None,
-                           channels_last: Optional[bool] = None, quantize: Optional[str] = None) -> nn.Module:
+                           channels_last: Optional[bool] = None, quantize: Optional[str] = None,
+                           precision: Optional[str] = None) -> nn.Module:
     """Apply the test-time levers a config asks for (``TEST.FOLD_BN``, ``TEST.CHANNELS_LAST``,
-    ``TEST.QUANTIZE``; the keyword arguments override it) to ``model`` in eval mode, in place;
-    returns the model. A second call leaves the model as the first one made it."""
+    ``TEST.QUANTIZE``, ``TEST.PRECISION``; the keyword arguments override it) to ``model`` in eval
+    mode, in place; returns the model. A second call leaves the model as the first one made it."""
     test = getattr(cfg, "TEST", None) if cfg is not None else None
     if fold_bn is None:
         fold_bn = bool(getattr(test, "FOLD_BN", True)) if test is not None else True
@@ -108,8 +177,14 @@ def optimize_for_inference(model: nn.Module, cfg=None, *, fold_bn: Optional[bool
         channels_last = bool(getattr(test, "CHANNELS_LAST", True)) if test is not None else True
     if quantize is None:
         quantize = str(getattr(test, "QUANTIZE", "")) if test is not None else ""
+    if precision is None:
+        precision = str(getattr(test, "PRECISION", "float32")) if test is not None else "float32"
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"TEST.QUANTIZE must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"TEST.PRECISION must be one of {PRECISION_CHOICES}, got {precision!r}")
+    if quantize and precision != "float32":
+        raise ValueError(f"TEST.QUANTIZE {quantize} and TEST.PRECISION {precision} cannot be combined: pick one")
     model.eval()
     if getattr(model, "_inference_levers", None) is not None:  # already applied
         return model
@@ -120,7 +195,10 @@ def optimize_for_inference(model: nn.Module, cfg=None, *, fold_bn: Optional[bool
         to_channels_last(backbone)
     if quantize == "int8":
         quantize_int8(model)
-    model._inference_levers = {"fold_bn": folded, "channels_last": channels_last, "quantize": quantize}
-    logger.info("inference levers: %d frozen batch norms folded, channels_last=%s, quantize=%r",
-                folded, channels_last, quantize or "off")
+    if precision == "bfloat16":
+        autocast_bfloat16(model)
+    model._inference_levers = {"fold_bn": folded, "channels_last": channels_last, "quantize": quantize,
+                               "precision": precision}
+    logger.info("inference levers: %d frozen batch norms folded, channels_last=%s, quantize=%r, precision=%s",
+                folded, channels_last, quantize or "off", precision)
     return model

@@ -299,15 +299,16 @@ class CaptionDecoder(nn.Module):
     def _greedy_logits_fn(self):
         """hidden (B, H) -> ``_logits(hidden).float()`` as a fresh tensor, for greedy decoding.
         A plain float32 ``nn.Linear`` output layer folds the never-emitted words' -inf into its
-        bias (one matrix product, no mask pass, bit-identical); anything else (int8, dropout in
-        training mode) goes through ``_logits``."""
+        bias (one matrix product, no mask pass, bit-identical; under bfloat16 autocast the product
+        comes back in bfloat16 and is cast up); anything else (int8, dropout in training mode)
+        goes through ``_logits``."""
         out = self.out
         if type(out) is nn.Linear and out.bias is not None and out.weight.dtype == torch.float32 and not (
             self.training and self.drop.p > 0
         ):
             bias = out.bias.masked_fill(self._never, float("-inf"))  # V
             weight_t = out.weight.t()  # H V
-            return lambda h: torch.addmm(bias, h, weight_t)
+            return lambda h: torch.addmm(bias, h, weight_t).float()  # .float(): a no-op in float32
         return lambda h: self._logits(h).float()
 
     @torch.no_grad()

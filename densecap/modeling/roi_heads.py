@@ -99,6 +99,7 @@ class DenseCapROIHeads(nn.Module):
         context_union_scale: float = 2.0,
         pair_boxes: int = 0,
         pair_duplicate_iou: float = 0.7,
+        pair_score_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.in_features = list(in_features)
@@ -126,6 +127,7 @@ class DenseCapROIHeads(nn.Module):
         # test time: unions of pairs of the best `pair_boxes` detections as extra candidates
         self.pair_boxes = int(pair_boxes)
         self.pair_duplicate_iou = float(pair_duplicate_iou)
+        self.pair_score_scale = float(pair_score_scale)
 
     @property
     def code_dim(self) -> int:
@@ -154,6 +156,7 @@ class DenseCapROIHeads(nn.Module):
             smooth_l1_beta=r.SMOOTH_L1_BETA, nms_thresh=r.NMS_THRESH_TEST, score_thresh=cfg.TEST.SCORE_THRESH,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, context=parse_context(cfg.MODEL.ROI_HEADS.CONTEXT),
             context_union_scale=cfg.MODEL.ROI_HEADS.CONTEXT_UNION_SCALE, pair_boxes=cfg.MODEL.ROI_HEADS.PAIR_BOXES,
+            pair_score_scale=cfg.MODEL.ROI_HEADS.PAIR_SCORE_SCALE,
         )
 
     def _recognize(self, features: Dict[str, Tensor], box_lists: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -220,7 +223,8 @@ class DenseCapROIHeads(nn.Module):
         (objectness; the unions of two refined boxes are not refined again) and add those that
         survive: NMS among themselves at ``nms_thresh``;
         a union within IoU ``pair_duplicate_iou`` of a detection already kept is that region, so it
-        is not added and the detection takes its pair of parts instead.
+        is not added and the detection takes its pair of parts instead. The added unions' scores are
+        multiplied by ``pair_score_scale`` (after the NMS, before the ranking with the detections).
         The detections of an image stay sorted by score and capped at ``detections_per_image``;
         ``pair_parts`` (n, 2) gives each pair region's two detections (their positions in the
         result; -1 for the other regions, or for a part the cap dropped)."""
@@ -255,7 +259,7 @@ class DenseCapROIHeads(nn.Module):
                     if own_parts[j, 0] < 0 and j not in parts[k].tolist():
                         own_parts[j] = parts[k]
                 b, s, c, parts = b[~dup], s[~dup], c[~dup], parts[~dup]
-            sc = torch.cat([d.scores, s])
+            sc = torch.cat([d.scores, s * self.pair_score_scale])
             order = torch.sort(sc, descending=True, stable=True).indices
             if self.detections_per_image > 0:
                 order = order[: self.detections_per_image]
