@@ -108,3 +108,26 @@ def test_checkpoint_config_with_a_removed_key_still_loads(caplog):
     assert loaded.SOLVER.BASE_LR == 0.25  # the rest of the saved config is kept
     assert "OLD_KEY" not in loaded.SOLVER and "OLD_SECTION" not in loaded.MODEL
     assert "SOLVER.OLD_KEY" in caplog.text and "MODEL.OLD_SECTION" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["ADAM", "ADAMW", "SGD"])
+def test_optimizers_use_the_fused_kernels_and_match_the_loop(name):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    ref.load_state_dict(net.state_dict())
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = name
+    opt = build_optimizer(cfg, net)
+    assert opt.defaults["fused"] is True
+    loop_cls = {"ADAM": torch.optim.Adam, "ADAMW": torch.optim.AdamW, "SGD": torch.optim.SGD}[name]
+    kw = {"momentum": cfg.SOLVER.MOMENTUM} if name == "SGD" else {"betas": tuple(cfg.SOLVER.BETAS)}
+    loop = loop_cls(ref.parameters(), lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, foreach=False, **kw)
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for model, o in ((net, opt), (ref, loop)):
+            o.zero_grad()
+            model(x).square().sum().backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
