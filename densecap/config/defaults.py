@@ -304,6 +304,10 @@ _C.SOLVER.WARMUP_FACTOR = 0.001
 _C.SOLVER.MAX_ITER = 100000
 # Stop after this many seconds of training (0 = no limit); the last state is checkpointed.
 _C.SOLVER.MAX_TIME_SECONDS = 0
+# CPU training: time steps at 1 thread and at one per core, keep the faster, check again every 300
+# steps and at once when steps slow down (the machine's load changed); NUM_THREADS is the start.
+# Single process only. See densecap/engine/threads.py.
+_C.SOLVER.AUTO_THREADS = False
 _C.SOLVER.IMS_PER_BATCH = 1
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.CLIP_GRADIENTS = CfgNode()

@@ -25,6 +25,7 @@ from densecap.utils import comm
 
 from .build import build_lr_scheduler, build_optimizer, build_train_loader, load_train_vocab
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from .threads import ThreadTuner
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +202,10 @@ class Trainer:
         window: Dict[str, float] = {}
         n_window = 0
         t_window = 0.0
+        tuner = ThreadTuner.from_config(cfg) if comm.get_world_size() == 1 else None  # SOLVER.AUTO_THREADS
         while it < max_iter and not self._time_is_up():
+            if tuner is not None:
+                tuner.before_step()
             t0 = time.perf_counter()
             batch = next(data_iter)
             if not batch:
@@ -216,6 +220,8 @@ class Trainer:
             self.optimizer.step()
             it += 1
             dt = time.perf_counter() - t0
+            if tuner is not None:
+                tuner.after_step(dt)
             self.elapsed += dt
             self.scheduler.step(it, self.elapsed)
             reduced = comm.reduce_dict({k: v.detach() for k, v in loss_dict.items()})
@@ -228,6 +234,8 @@ class Trainer:
             if it % cfg.SOLVER.LOG_PERIOD == 0 or it == max_iter:
                 rec = {k: v / n_window for k, v in window.items()}
                 rec.update(iteration=it, lr=self.scheduler.get_last_lr()[0], time=t_window / n_window, elapsed=self.elapsed)
+                if tuner is not None:
+                    rec["threads"] = torch.get_num_threads()
                 self._log(rec)
                 bar.set_postfix(loss=f"{rec['total_loss']:.3f}", lr=f"{rec['lr']:.2e}")
                 window, n_window, t_window = {}, 0, 0.0
