@@ -138,6 +138,15 @@ def test_bfloat16_runs_heavy_layers_in_bfloat16_and_hands_back_float32(plain_pre
         assert got[k].dtype == torch.float32
         scale = float(ref[k].abs().max())
         assert float((got[k] - ref[k].contiguous()).abs().max()) <= 0.05 * scale + 1e-6, k
+    twin = copy.deepcopy(model)  # a copy runs its own weights, still in bfloat16
+    assert twin.backbone.forward.__self__ is twin.backbone and twin.caption_head.generate.__self__ is twin.caption_head
+    with torch.no_grad():
+        for prm in twin.backbone.parameters():
+            prm.zero_()
+        changed = twin.backbone(x)
+        again = model.backbone(x)
+    assert all(not torch.equal(changed[k], got[k]) for k in got)  # the copy's weights, not the original's
+    assert all(torch.equal(again[k], got[k]) for k in got)
     codes = torch.randn(5, model.caption_head.image_proj[0].in_features)
     tokens, logprobs = model.caption_head.generate(codes, max_len=6)
     assert tokens.dtype == torch.long and logprobs.dtype == torch.float32 and torch.isfinite(logprobs).all()

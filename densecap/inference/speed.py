@@ -32,6 +32,7 @@ does, when it is built from a config).
 from __future__ import annotations
 
 import logging
+import types
 from typing import Optional
 
 import torch
@@ -115,15 +116,17 @@ def _float32_outputs(out):
 
 
 def _autocast_method(obj: nn.Module, name: str, device_type: str) -> None:
-    """``obj.<name>`` (a bound method) runs under bfloat16 autocast and returns float32 tensors."""
-    inner = getattr(obj, name)
+    """``obj.<name>`` runs under bfloat16 autocast and returns float32 tensors. The wrapper is
+    bound to ``obj`` as a method calling the class's own, so a copy of the model
+    (``copy.deepcopy``) runs its own weights."""
+    method = getattr(type(obj), name)
 
-    def wrapped(*args, **kwargs):
+    def wrapped(self, *args, **kwargs):
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            out = inner(*args, **kwargs)
+            out = method(self, *args, **kwargs)
         return _float32_outputs(out)
 
-    setattr(obj, name, wrapped)  # an instance attribute shadows the class's method
+    setattr(obj, name, types.MethodType(wrapped, obj))  # an instance attribute shadows the class's method
 
 
 def _bfloat16_targets(model: nn.Module):
