@@ -66,10 +66,6 @@ class ThreadTuner:
         cores = available_cores()
         return cls([1, cores]) if cores > 1 else None
 
-    @property
-    def probing(self) -> bool:
-        return bool(self._queue)
-
     def _start_probe(self, current_first: bool = True) -> None:
         # periodic probes start with the current count (the run keeps its pace while the others are
         # tried); after a slowdown the current count is the suspect, so the others go first and

@@ -26,6 +26,7 @@ C: channels of a convolution's output.
   the score and box heads and the caption log-probabilities stay float32. Fast on CPUs with native
   bfloat16 (AVX512-BF16, AMX) and on GPUs; elsewhere it is emulated and slower, and a warning says so.
   Outputs change slightly (scores, boxes, some captions). Not combined with ``TEST.QUANTIZE``.
+
 They change the model in place: apply them to a model used only for inference (the predictor
 does, when it is built from a config).
 """
@@ -135,19 +136,18 @@ def _bfloat16_targets(model: nn.Module):
     from densecap.modeling.language_model import CaptionDecoder
 
     targets, seen = [], set()
+
+    def add(sub, method: str) -> None:  # each module once (a shared backbone appears twice)
+        if isinstance(sub, nn.Module) and id(sub) not in seen:
+            targets.append((sub, method))
+            seen.add(id(sub))
+
     for module in model.modules():
-        for attr in ("backbone", "recognition"):
-            sub = getattr(module, attr, None)
-            if isinstance(sub, nn.Module) and id(sub) not in seen:
-                targets.append((sub, "forward"))
-                seen.add(id(sub))
-        rpn_head = getattr(getattr(module, "rpn", None), "head", None)
-        if isinstance(rpn_head, nn.Module) and id(rpn_head) not in seen:
-            targets.append((rpn_head, "forward"))
-            seen.add(id(rpn_head))
-        if isinstance(module, (CaptionDecoder, ImageCaptionHead)) and id(module) not in seen:
-            targets.append((module, "generate"))
-            seen.add(id(module))
+        add(getattr(module, "backbone", None), "forward")
+        add(getattr(module, "recognition", None), "forward")
+        add(getattr(getattr(module, "rpn", None), "head", None), "forward")
+        if isinstance(module, (CaptionDecoder, ImageCaptionHead)):
+            add(module, "generate")
     return targets
 
 
