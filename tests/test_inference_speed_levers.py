@@ -1,5 +1,6 @@
 """Test-time speed levers (densecap/inference/speed.py): the default ones (frozen batch norms
-folded, channels_last backbone, inference mode) give the boxes and captions of the plain path;
+folded, Winograd 3x3 convolutions, channels_last, inference mode) give the boxes and captions of
+the plain path;
 the opt-in int8 quantization runs and gives valid output."""
 import copy
 
@@ -11,6 +12,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from conftest import tiny_config
 from densecap.data.tokenizer import Vocabulary
 from densecap.inference.predictor import DenseCapPredictor
+from densecap.inference import speed
 from densecap.inference.speed import fold_frozen_batchnorm, optimize_for_inference
 from densecap.modeling import build_model
 
@@ -63,17 +65,26 @@ def test_fold_is_exact_function():
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("opts", [(), ("TEST.CHANNELS_LAST", False), ("TEST.FOLD_BN", False)])
-def test_levers_keep_boxes_and_captions(plain_predictions, opts):
+@pytest.mark.parametrize("opts", [(), ("TEST.CHANNELS_LAST", False), ("TEST.FOLD_BN", False),
+                                  ("TEST.WINOGRAD", False)])
+def test_levers_keep_boxes_and_captions(plain_predictions, opts, monkeypatch):
+    monkeypatch.setattr(speed, "WINOGRAD_MIN_PIXELS", 0)  # the tiny model's maps are small: Winograd on all
+    nnpack = []
+    real = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: nnpack.append(1) or real(*a))
     cfg = _cfg(*opts)
     model = _model(cfg)
     fast = DenseCapPredictor.from_config(cfg, model)
     levers = model._inference_levers
     assert levers["fold_bn"] == (0 if "TEST.FOLD_BN" in opts else levers["fold_bn"]) and levers["quantize"] == ""
-    assert levers["channels_last"] == ("TEST.CHANNELS_LAST" not in opts)
+    winograd = "TEST.WINOGRAD" not in opts
+    assert (levers["winograd"] > 0) == winograd
+    # with Winograd (NCHW maps) channels_last covers the stem only
+    assert levers["channels_last"] == (False if "TEST.CHANNELS_LAST" in opts else "stem" if winograd else True)
     if "TEST.FOLD_BN" not in opts:
         assert levers["fold_bn"] > 0
     got = fast.predict(_images())
+    assert bool(nnpack) == winograd
     for a, b in zip(plain_predictions, got):
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(b.boxes, a.boxes, rtol=0, atol=1e-4)

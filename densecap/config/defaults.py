@@ -350,6 +350,9 @@ _C.TEST.UNMATCHED_QUIRK = True
 # Test-time speed levers (densecap/inference/speed.py), applied by the predictor:
 # fold frozen batch norms into the convolutions before them (same outputs up to float rounding)
 _C.TEST.FOLD_BN = True
+# 3x3 stride-1 convolutions through NNPACK's Winograd kernel where it is faster (large maps, CPU,
+# float32, no autograd; same outputs up to float rounding); the backbone then stays NCHW
+_C.TEST.WINOGRAD = True
 # run the backbone in channels_last memory format (same outputs up to float rounding)
 _C.TEST.CHANNELS_LAST = True
 # "" or "int8": dynamic int8 quantization of the nn.Linear layers (opt-in; changes outputs slightly)
