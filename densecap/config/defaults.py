@@ -355,6 +355,9 @@ _C.TEST.FOLD_BN = True
 _C.TEST.WINOGRAD = True
 # run the backbone in channels_last memory format (same outputs up to float rounding)
 _C.TEST.CHANNELS_LAST = True
+# linear layers and the caption RNN multiply through oneDNN-packed copies of their weights (CPU,
+# no autograd; same outputs up to float rounding; about 80 MB more memory for the R50-FPN model)
+_C.TEST.PACKED_LINEAR = True
 # "" or "int8": dynamic int8 quantization of the nn.Linear layers (opt-in; changes outputs slightly)
 _C.TEST.QUANTIZE = ""
 # "float32" or "bfloat16": the backbone, RPN head, recognition MLP and caption decoding under

@@ -25,6 +25,13 @@ C: channels of a convolution's output.
   backbone's first stage before them runs channels_last (ResNet's stem: its 7x7 convolution and max
   pool are 2.5x faster on NHWC maps) and hands NCHW maps on; converting the maps between the two
   layouts around every Winograd convolution costs more than channels_last gains.
+* ``TEST.PACKED_LINEAR`` (default True): every plain float32 ``nn.Linear`` (the recognition MLP,
+  the score and box heads, the caption decoders' projections and output layers) and the caption
+  LSTM's (GRU's) recurrent weights multiply through a copy of their weight prepacked in oneDNN's
+  blocked layout (:mod:`densecap.modeling.packed_linear`), made at first use and remade when the
+  weight changes; without autograd on the CPU only. Same function, outputs agree to float rounding.
+  Faster on the machines measured (AMD EPYC, 1 thread: the 10,500-word output layer 1.5x, fc6
+  1.15x); costs memory for the packed copies (about 80 MB for the R50-FPN model).
 * ``TEST.QUANTIZE`` (default ``""``; ``"int8"``): dynamic int8 quantization
   (``torch.ao.quantization.quantize_dynamic``) of the ``nn.Linear`` layers: the recognition MLP,
   the box and objectness heads and the caption decoder's projections. Weights are stored in int8,
@@ -52,11 +59,14 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from densecap.modeling.packed_linear import PackedWeight, packing_available
+from densecap.modeling.packed_linear import packed_linear as _packed_linear
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["QUANTIZE_CHOICES", "PRECISION_CHOICES", "WINOGRAD_MIN_PIXELS", "fold_frozen_batchnorm",
-           "winograd_convolutions", "to_channels_last", "quantize_int8", "autocast_bfloat16",
-           "optimize_for_inference"]
+           "winograd_convolutions", "pack_linear_weights", "to_channels_last", "quantize_int8",
+           "autocast_bfloat16", "optimize_for_inference"]
 
 QUANTIZE_CHOICES = ("", "int8")
 PRECISION_CHOICES = ("float32", "bfloat16")
@@ -128,6 +138,32 @@ def _winograd_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
                                                     [ph, pw], [1, 1])
             return out if x.is_contiguous() else out.contiguous(memory_format=torch.channels_last)
     return nn.Conv2d.forward(self, x)
+
+
+def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _packed_linear(x, self.weight, self.bias, self.packed_weight)
+
+
+def pack_linear_weights(model: nn.Module) -> int:
+    """Route the model's plain float32 ``nn.Linear`` layers and caption decoders' recurrent weights
+    through oneDNN-packed copies of their weights (``TEST.PACKED_LINEAR``, see the module
+    docstring), in place. Returns the number of weights routed: 0 where oneDNN is not available."""
+    from densecap.modeling.language_model import CaptionDecoder
+
+    if not packing_available():
+        logger.info("TEST.PACKED_LINEAR: this torch build has no oneDNN; linear layers stay as they are")
+        return 0
+    n = 0
+    for m in model.modules():
+        if type(m) is nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m):
+            m.packed_weight = PackedWeight()
+            m.forward = types.MethodType(_packed_forward, m)  # bound: a copy of the model runs its own weights
+            n += 1
+        if isinstance(m, CaptionDecoder) and m.packed_rnn is None:
+            names = [k for k, p in m.rnn.named_parameters() if k.startswith("weight_") and p.dtype == torch.float32]
+            m.packed_rnn = {k: PackedWeight() for k in names}
+            n += len(names)
+    return n
 
 
 def _runs_winograd(module: nn.Module) -> bool:
@@ -246,16 +282,19 @@ def autocast_bfloat16(model: nn.Module) -> int:
 
 def optimize_for_inference(model: nn.Module, cfg=None, *, fold_bn: Optional[bool] = None,
                            winograd: Optional[bool] = None, channels_last: Optional[bool] = None,
-                           quantize: Optional[str] = None, precision: Optional[str] = None) -> nn.Module:
+                           packed_linear: Optional[bool] = None, quantize: Optional[str] = None,
+                           precision: Optional[str] = None) -> nn.Module:
     """Apply the test-time levers a config asks for (``TEST.FOLD_BN``, ``TEST.WINOGRAD``,
-    ``TEST.CHANNELS_LAST``, ``TEST.QUANTIZE``, ``TEST.PRECISION``; the keyword arguments override
-    it) to ``model`` in eval mode, in place; returns the model. A second call leaves the model as
-    the first one made it."""
+    ``TEST.CHANNELS_LAST``, ``TEST.PACKED_LINEAR``, ``TEST.QUANTIZE``, ``TEST.PRECISION``; the
+    keyword arguments override it) to ``model`` in eval mode, in place; returns the model. A second
+    call leaves the model as the first one made it."""
     test = getattr(cfg, "TEST", None) if cfg is not None else None
     if fold_bn is None:
         fold_bn = bool(getattr(test, "FOLD_BN", True)) if test is not None else True
     if winograd is None:
         winograd = bool(getattr(test, "WINOGRAD", True)) if test is not None else True
+    if packed_linear is None:
+        packed_linear = bool(getattr(test, "PACKED_LINEAR", True)) if test is not None else True
     if channels_last is None:
         channels_last = bool(getattr(test, "CHANNELS_LAST", True)) if test is not None else True
     if quantize is None:
@@ -286,11 +325,13 @@ def optimize_for_inference(model: nn.Module, cfg=None, *, fold_bn: Optional[bool
         to_channels_last(backbone)
     if quantize == "int8":
         quantize_int8(model)
+    # after int8 (which leaves no float nn.Linear); bfloat16 autocast runs its own products
+    packed = pack_linear_weights(model) if packed_linear and precision == "float32" else 0
     if precision == "bfloat16":
         autocast_bfloat16(model)
     model._inference_levers = {"fold_bn": folded, "winograd": winograd_convs, "channels_last": channels_last,
-                               "quantize": quantize, "precision": precision}
+                               "packed_linear": packed, "quantize": quantize, "precision": precision}
     logger.info("inference levers: %d frozen batch norms folded, %d 3x3 convolutions through Winograd, "
-                "channels_last=%s, quantize=%r, precision=%s",
-                folded, winograd_convs, channels_last, quantize or "off", precision)
+                "channels_last=%s, %d packed linear weights, quantize=%r, precision=%s",
+                folded, winograd_convs, channels_last, packed, quantize or "off", precision)
     return model

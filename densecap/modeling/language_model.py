@@ -17,7 +17,7 @@ H: hidden size, L: layers, K: beam size, R: results per region.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from densecap.data.tokenizer import END, PAD, START, Vocabulary
 
 from .decoding import generate_captions, tree_map
 from .losses import caption_loss
+from .packed_linear import PackedWeight, packed_linear
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class CaptionDecoder(nn.Module):
     # greedy decoding (beam 1) by a plain argmax loop instead of the generic beam search (same
     # result, fewer ops per step, finished regions leave the batch); False = always generate_captions
     fast_greedy = True
+    # recurrent weight name -> its oneDNN-packed copy, set by the test-time lever TEST.PACKED_LINEAR
+    packed_rnn: Optional[Dict[str, PackedWeight]] = None
 
     def __init__(
         self,
@@ -225,6 +228,12 @@ class CaptionDecoder(nn.Module):
         """One step of ``self.rnn`` in eval mode: x (B, E') -> (top hidden (B, H), new state)."""
         raise NotImplementedError
 
+    def _rnn_linear(self, x: Tensor, name: str, weight: Tensor, bias: Tensor) -> Tensor:
+        """``F.linear`` of one recurrent weight (``name``, e.g. ``weight_ih_l0``), through its packed
+        copy when the test-time lever TEST.PACKED_LINEAR gave the decoder ``packed_rnn``."""
+        packed = self.packed_rnn.get(name) if self.packed_rnn else None
+        return F.linear(x, weight, bias) if packed is None else packed_linear(x, weight, bias, packed)
+
     def _layer_weights(self, layer: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         r = self.rnn
         return (getattr(r, f"weight_ih_l{layer}"), getattr(r, f"bias_ih_l{layer}"),
@@ -307,6 +316,9 @@ class CaptionDecoder(nn.Module):
             self.training and self.drop.p > 0
         ):
             bias = out.bias.masked_fill(self._never, float("-inf"))  # V
+            packed = getattr(out, "packed_weight", None)  # set by the test-time lever TEST.PACKED_LINEAR
+            if packed is not None:
+                return lambda h: packed_linear(h, out.weight, bias, packed).float()
             weight_t = out.weight.t()  # H V
             return lambda h: torch.addmm(bias, h, weight_t).float()  # .float(): a no-op in float32
         return lambda h: self._logits(h).float()
@@ -370,7 +382,8 @@ class LSTMCaptionDecoder(CaptionDecoder):
         hs, cs = [], []
         for layer in range(self.num_layers):
             w_ih, b_ih, w_hh, b_hh = self._layer_weights(layer)
-            gates = F.linear(x, w_ih, b_ih) + F.linear(h[:, layer], w_hh, b_hh)  # B 4H
+            gates = (self._rnn_linear(x, f"weight_ih_l{layer}", w_ih, b_ih)
+                     + self._rnn_linear(h[:, layer], f"weight_hh_l{layer}", w_hh, b_hh))  # B 4H
             i, f, g, o = gates.chunk(4, dim=1)
             c_new = torch.sigmoid(f) * c[:, layer] + torch.sigmoid(i) * torch.tanh(g)  # B H
             x = torch.sigmoid(o) * torch.tanh(c_new)  # B H
@@ -393,8 +406,8 @@ class GRUCaptionDecoder(CaptionDecoder):
         for layer in range(self.num_layers):
             w_ih, b_ih, w_hh, b_hh = self._layer_weights(layer)
             h = state[0][:, layer]  # B H
-            i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
-            h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+            i_r, i_z, i_n = self._rnn_linear(x, f"weight_ih_l{layer}", w_ih, b_ih).chunk(3, dim=1)
+            h_r, h_z, h_n = self._rnn_linear(h, f"weight_hh_l{layer}", w_hh, b_hh).chunk(3, dim=1)
             r = torch.sigmoid(i_r + h_r)
             z = torch.sigmoid(i_z + h_z)
             n = torch.tanh(i_n + r * h_n)
