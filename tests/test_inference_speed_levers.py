@@ -1,6 +1,6 @@
 """Test-time speed levers (densecap/inference/speed.py): the default ones (frozen batch norms
-folded, Winograd 3x3 convolutions, channels_last, inference mode) give the boxes and captions of
-the plain path;
+folded, Winograd 3x3 convolutions, channels_last, packed linear weights, inference mode) give the
+boxes and captions of the plain path;
 the opt-in int8 quantization runs and gives valid output."""
 import copy
 
@@ -66,7 +66,7 @@ def test_fold_is_exact_function():
 
 
 @pytest.mark.parametrize("opts", [(), ("TEST.CHANNELS_LAST", False), ("TEST.FOLD_BN", False),
-                                  ("TEST.WINOGRAD", False)])
+                                  ("TEST.WINOGRAD", False), ("TEST.PACKED_LINEAR", False)])
 def test_levers_keep_boxes_and_captions(plain_predictions, opts, monkeypatch):
     monkeypatch.setattr(speed, "WINOGRAD_MIN_PIXELS", 0)  # the tiny model's maps are small: Winograd on all
     nnpack = []
@@ -83,6 +83,7 @@ def test_levers_keep_boxes_and_captions(plain_predictions, opts, monkeypatch):
     assert levers["channels_last"] == (False if "TEST.CHANNELS_LAST" in opts else "stem" if winograd else True)
     if "TEST.FOLD_BN" not in opts:
         assert levers["fold_bn"] > 0
+    assert (levers["packed_linear"] > 0) == ("TEST.PACKED_LINEAR" not in opts)
     got = fast.predict(_images())
     assert bool(nnpack) == winograd
     for a, b in zip(plain_predictions, got):

@@ -1,6 +1,7 @@
 """The Winograd lever (``TEST.WINOGRAD``, densecap/inference/speed.py): which convolutions it takes,
 that they compute the same function as the direct convolution, when it falls back, and that the
-R50-FPN model of ``tools/benchmark.py infer`` gives the same boxes and captions with it."""
+R50-FPN model of ``tools/benchmark.py infer`` gives the same boxes and captions with all the
+default levers as without any."""
 import copy
 
 import pytest
@@ -118,12 +119,14 @@ def _r50_fpn(*opts):
 
 def test_benchmark_model_gives_the_boxes_and_captions_of_the_unoptimised_path(nnpack_calls, monkeypatch):
     """The R50-FPN DenseCap config as ``tools/benchmark.py infer`` builds it (random weights, frozen
-    BN, 10,500 words), at 320 px: the default levers (folded norms, Winograd, channels_last stem)
-    against the plain path. Every eligible convolution runs Winograd here, whatever the map size."""
+    BN, 10,500 words), at 320 px: the default levers (folded norms, Winograd, channels_last stem,
+    packed linear weights) against the plain path. Every eligible convolution runs Winograd here, whatever the map size."""
     monkeypatch.setattr(speed, "WINOGRAD_MIN_PIXELS", 0)
-    plain = _r50_fpn("TEST.FOLD_BN", "False", "TEST.WINOGRAD", "False", "TEST.CHANNELS_LAST", "False")
+    plain = _r50_fpn("TEST.FOLD_BN", "False", "TEST.WINOGRAD", "False", "TEST.CHANNELS_LAST", "False",
+                     "TEST.PACKED_LINEAR", "False")
     fast = _r50_fpn()
     assert fast._inference_levers["fold_bn"] == 53 and fast._inference_levers["winograd"] == 18
+    assert fast._inference_levers["packed_linear"] == 6 + 2  # fc6, fc7, the heads, the decoder's; the LSTM
     assert fast._inference_levers["channels_last"] == "stem"  # NNPACK runs on NCHW maps, the stem on NHWC
     inputs = C.densecap_inputs(C.make_images(1, 320, 0.75, seed=0))
     with torch.inference_mode():

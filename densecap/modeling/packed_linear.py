@@ -58,10 +58,11 @@ class PackedWeight:
 
 
 def packed_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], packed: PackedWeight) -> Tensor:
-    """``F.linear(x, weight, bias)`` (x: (B, I) -> (B, O)) through the packed weight when that
-    applies (CPU, float32, 2-d input, no autograd, no autocast); ``F.linear`` otherwise."""
-    if (x.dim() == 2 and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.shape[0] > 0):
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed.get(weight, x.shape[0]), bias,
-                                                  "none", [], "")
+    """``F.linear(x, weight, bias)`` (x: (..., I) -> (..., O)) through the packed weight when that
+    applies (CPU, float32, no autograd, no autocast, rows to multiply); ``F.linear`` otherwise."""
+    if (x.dim() >= 2 and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.numel() > 0):
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # B I
+        out = torch.ops.mkldnn._linear_pointwise(rows, packed.get(weight, rows.shape[0]), bias, "none", [], "")
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
     return F.linear(x, weight, bias)
