@@ -8,7 +8,10 @@ on the weights: the original's test path runs the recognition network (fc6 25088
 greedy LSTM decoding (15 steps, argmax over the vocabulary) on every one of the up to 1000 RPN
 proposals before the final NMS, whatever the scores (the model gives the same captions decoding
 only the regions the final NMS keeps, whose number does depend on the weights: reported). The original's test-time settings are the
-config's (``TEST.BEAM_SIZE 1`` is forced): 1000 proposals, NMS 0.7 / 0.3, 15 tokens.
+config's (``TEST.BEAM_SIZE 1`` is forced): 1000 proposals, NMS 0.7 / 0.3, 15 tokens; the model gets
+the predictor's test-time levers (``optimize_for_inference``: Winograd 3x3 convolutions, packed
+linear products; ``TEST.WINOGRAD False TEST.PACKED_LINEAR False`` measures the plain path), the
+floor is torchvision's layers as they are.
 
 Headline ``ratio`` = median model seconds per image / median VGG-16 features seconds per image
 (target <= 1.6). The per-stage profile (one extra untimed pass, ``--no-profile`` skips it) times
@@ -28,6 +31,8 @@ from typing import Dict, List
 
 import torch
 from torch import nn
+
+from densecap.inference.speed import optimize_for_inference
 
 from . import _rcnn_common as C
 
@@ -119,6 +124,7 @@ def run(args) -> Dict:
     model, cfg = C.build_densecap(args.config_file, ["TEST.BEAM_SIZE", "1", *args.opts], vocab, 0)
     floor = build_floor()
     model.eval()
+    optimize_for_inference(model, cfg)  # the predictor's test-time levers, as tools/infer.py runs it
     batches = [C.densecap_inputs([im]) for im in images]
     with torch.no_grad():
         xs = [model.preprocess_image(b)[0] for b in batches]  # 1 3 H W: BGR x 255 - mean, as the model
@@ -157,6 +163,7 @@ def run(args) -> Dict:
         "final_nms_thresh": float(model.roi_heads.nms_thresh),
         "max_tokens": int(cfg.MODEL.CAPTION.MAX_TOKENS),
         "beam_size": int(cfg.TEST.BEAM_SIZE),
+        "inference_levers": dict(model._inference_levers),
         "vocab_size": len(vocab),
         "images": n,
         "repeats": int(args.repeats),

@@ -44,7 +44,6 @@ import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densecap.data.tokenizer import END, PAD, START, Vocabulary
@@ -269,7 +268,7 @@ class OriginalDenseCapModel(DenseCapModel):
         Hs = head.hidden_size
 
         def cell(xin, h, c):
-            g = F.linear(xin, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # n 4H (i, f, g, o)
+            g = head._rnn_linear(xin, "weight_ih_l0", w_ih, b_ih) + head._rnn_linear(h, "weight_hh_l0", w_hh, b_hh)  # n 4H
             i, f, gg, o = g.chunk(4, dim=1)
             i, f, o, gg = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(gg)
             c = f * c + i * gg
