@@ -23,10 +23,11 @@ reported too. The matmul rate is the best of 10 timings: on a shared machine it 
 load (94-193 GFLOP/s on one thread here), so the floor is the unloaded one and the distance from it
 includes the load.
 
-Test-time levers: the DenseCap model gets the predictor's (``optimize_for_inference``: frozen batch
-norms folded, channels_last backbone by default; ``TEST.FOLD_BN False TEST.CHANNELS_LAST False``
-measures the plain path, ``TEST.QUANTIZE int8`` the opt-in quantization, ``TEST.PRECISION bfloat16``
-the opt-in bfloat16 autocast). Both models run under ``torch.inference_mode``. The peer is
+Test-time levers: the DenseCap model gets the predictor's (``optimize_for_inference``: by default
+frozen batch norms folded, 3x3 convolutions through NNPACK's Winograd kernel, a channels_last stem,
+linear layers through oneDNN-packed weights; ``TEST.FOLD_BN False TEST.WINOGRAD False
+TEST.CHANNELS_LAST False TEST.PACKED_LINEAR False`` measures the plain path, ``TEST.QUANTIZE int8``
+the opt-in quantization, ``TEST.PRECISION bfloat16`` the opt-in bfloat16 autocast). Both models run under ``torch.inference_mode``. The peer is
 torchvision's model as users get it, nothing folded; ``--peer-precision bfloat16`` runs its whole
 forward under bfloat16 autocast, for a like-for-like comparison with ``TEST.PRECISION bfloat16``.
 
@@ -94,8 +95,8 @@ def run(args) -> Dict:
     peer = C.build_peer(H, W, args.freeze_at)
     model.eval()
     peer.eval()
-    # the predictor's test-time levers (TEST.FOLD_BN, TEST.CHANNELS_LAST, TEST.QUANTIZE; see
-    # densecap/inference/speed.py); both models run under torch.inference_mode, as the predictor does
+    # the predictor's test-time levers (TEST.FOLD_BN, TEST.WINOGRAD, TEST.CHANNELS_LAST,
+    # TEST.PACKED_LINEAR, TEST.QUANTIZE, TEST.PRECISION; see densecap/inference/speed.py); both models run under torch.inference_mode, as the predictor does
     optimize_for_inference(model, cfg)
 
     B = int(args.batch)

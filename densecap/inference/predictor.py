@@ -187,8 +187,9 @@ class DenseCapPredictor:
         cls, cfg, model: torch.nn.Module, *, image_caption: bool = False, batch_size: int = 8
     ) -> "DenseCapPredictor":
         """A predictor with the config's test-time options, its speed levers applied to ``model``
-        (``TEST.FOLD_BN``, ``TEST.CHANNELS_LAST``, ``TEST.QUANTIZE``: see
-        :mod:`densecap.inference.speed`; they change the model in place)."""
+        (``TEST.FOLD_BN``, ``TEST.WINOGRAD``, ``TEST.CHANNELS_LAST``, ``TEST.PACKED_LINEAR``,
+        ``TEST.QUANTIZE``, ``TEST.PRECISION``: see :mod:`densecap.inference.speed`; they change the
+        model in place)."""
         optimize_for_inference(model, cfg)
         return cls(
             model,
