@@ -31,7 +31,8 @@ C: channels of a convolution's output.
   blocked layout (:mod:`densecap.modeling.packed_linear`), made at first use and remade when the
   weight changes; without autograd on the CPU only. Same function, outputs agree to float rounding.
   Faster on the machines measured (AMD EPYC, 1 thread: the 10,500-word output layer 1.5x, fc6
-  1.15x); costs memory for the packed copies (about 80 MB for the R50-FPN model).
+  1.15x); costs memory for the packed copies (about 80 MB for the R50-FPN model), so weights over
+  ``PACKED_LINEAR_MAX_BYTES`` (128 MB) stay unpacked.
 * ``TEST.QUANTIZE`` (default ``""``; ``"int8"``): dynamic int8 quantization
   (``torch.ao.quantization.quantize_dynamic``) of the ``nn.Linear`` layers: the recognition MLP,
   the box and objectness heads and the caption decoder's projections. Weights are stored in int8,
@@ -64,9 +65,9 @@ from densecap.modeling.packed_linear import packed_linear as _packed_linear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUANTIZE_CHOICES", "PRECISION_CHOICES", "WINOGRAD_MIN_PIXELS", "fold_frozen_batchnorm",
-           "winograd_convolutions", "pack_linear_weights", "to_channels_last", "quantize_int8",
-           "autocast_bfloat16", "optimize_for_inference"]
+__all__ = ["QUANTIZE_CHOICES", "PRECISION_CHOICES", "WINOGRAD_MIN_PIXELS", "PACKED_LINEAR_MAX_BYTES",
+           "fold_frozen_batchnorm", "winograd_convolutions", "pack_linear_weights", "to_channels_last",
+           "quantize_int8", "autocast_bfloat16", "optimize_for_inference"]
 
 QUANTIZE_CHOICES = ("", "int8")
 PRECISION_CHOICES = ("float32", "bfloat16")
@@ -76,6 +77,9 @@ PRECISION_CHOICES = ("float32", "bfloat16")
 # 0.5x at 108; 2 threads (NNPACK's own parallelism scales less well): 1.5-2.5x at 1,500 pixels and
 # more, 1.0x at 1,024, 0.7x at 391.
 WINOGRAD_MIN_PIXELS = 384
+# Weights larger than this stay unpacked: the packed copy doubles their memory for a 10-15 % faster
+# product (the original VGG-16 model's fc6, 25,088 x 4,096 = 411 MB, is one; the R50-FPN's fc6 is 51 MB).
+PACKED_LINEAR_MAX_BYTES = 128 * 2**20
 
 
 def _fold_into(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
@@ -155,7 +159,8 @@ def pack_linear_weights(model: nn.Module) -> int:
         return 0
     n = 0
     for m in model.modules():
-        if type(m) is nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m):
+        if (type(m) is nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m)
+                and m.weight.numel() * 4 <= PACKED_LINEAR_MAX_BYTES):
             m.packed_weight = PackedWeight()
             m.forward = types.MethodType(_packed_forward, m)  # bound: a copy of the model runs its own weights
             n += 1
