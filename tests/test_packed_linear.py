@@ -114,3 +114,12 @@ def test_bfloat16_and_int8_leave_nothing_packed():
     model, cfg = _tiny_model()
     optimize_for_inference(model, cfg, quantize="int8")
     assert model._inference_levers["packed_linear"] == 2  # only the LSTM's float weights
+
+
+def test_weights_over_the_size_cap_stay_unpacked(monkeypatch):
+    from densecap.inference import speed
+
+    net = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))  # 16 KB and 2 KB of weights
+    monkeypatch.setattr(speed, "PACKED_LINEAR_MAX_BYTES", 4096)
+    assert pack_linear_weights(net) == 1
+    assert "forward" not in vars(net[0]) and isinstance(net[1].packed_weight, PackedWeight)
