@@ -15,7 +15,8 @@ from densecap.inference.speed import optimize_for_inference, pack_linear_weights
 from densecap.modeling import build_model
 from densecap.modeling.packed_linear import PackedWeight, packed_linear, packing_available
 
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")  # the pinned one has it
+# the pinned torch has oneDNN: this never skips here
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
 
 
 def _close(a, b):

@@ -12,8 +12,8 @@ from densecap.benchmarks import _rcnn_common as C
 from densecap.inference import speed
 from densecap.inference.speed import optimize_for_inference, winograd_convolutions
 
-pytestmark = pytest.mark.skipif(not torch.backends.nnpack.is_available(),
-                                reason="this torch build has no NNPACK")  # the pinned one has it
+# the pinned torch has NNPACK: this never skips here
+pytestmark = pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="this torch build has no NNPACK")
 
 
 @pytest.fixture()
@@ -120,7 +120,8 @@ def _r50_fpn(*opts):
 def test_benchmark_model_gives_the_boxes_and_captions_of_the_unoptimised_path(nnpack_calls, monkeypatch):
     """The R50-FPN DenseCap config as ``tools/benchmark.py infer`` builds it (random weights, frozen
     BN, 10,500 words), at 320 px: the default levers (folded norms, Winograd, channels_last stem,
-    packed linear weights) against the plain path. Every eligible convolution runs Winograd here, whatever the map size."""
+    packed linear weights) against the plain path. Every eligible convolution runs Winograd here,
+    whatever the map size."""
     monkeypatch.setattr(speed, "WINOGRAD_MIN_PIXELS", 0)
     plain = _r50_fpn("TEST.FOLD_BN", "False", "TEST.WINOGRAD", "False", "TEST.CHANNELS_LAST", "False",
                      "TEST.PACKED_LINEAR", "False")

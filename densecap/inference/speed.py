@@ -17,7 +17,8 @@ C: channels of a convolution's output.
   (below that, or with gradients, under autocast, on other devices, or where NNPACK is not
   built, the layer's own convolution runs). Same function: it differs from the direct convolution
   by float rounding (about 1e-5 of the output's range, against 1e-6 for the direct one). NNPACK wants
-  NCHW maps, so when it runs a backbone convolution the backbone is not put in channels_last.
+  NCHW maps, so when it runs a backbone convolution only the backbone's stem is put in channels_last
+  (see ``TEST.CHANNELS_LAST``).
 * ``TEST.CHANNELS_LAST`` (default True): the backbone's weights and its input image batch in
   ``torch.channels_last`` memory format (NHWC), which oneDNN's convolutions run faster on the CPU
   once the batch norms are folded; the feature maps it returns are NHWC too. Same function, outputs
@@ -144,33 +145,6 @@ def _winograd_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return nn.Conv2d.forward(self, x)
 
 
-def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return _packed_linear(x, self.weight, self.bias, self.packed_weight)
-
-
-def pack_linear_weights(model: nn.Module) -> int:
-    """Route the model's plain float32 ``nn.Linear`` layers and caption decoders' recurrent weights
-    through oneDNN-packed copies of their weights (``TEST.PACKED_LINEAR``, see the module
-    docstring), in place. Returns the number of weights routed: 0 where oneDNN is not available."""
-    from densecap.modeling.language_model import CaptionDecoder
-
-    if not packing_available():
-        logger.info("TEST.PACKED_LINEAR: this torch build has no oneDNN; linear layers stay as they are")
-        return 0
-    n = 0
-    for m in model.modules():
-        if (type(m) is nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m)
-                and m.weight.numel() * 4 <= PACKED_LINEAR_MAX_BYTES):
-            m.packed_weight = PackedWeight()
-            m.forward = types.MethodType(_packed_forward, m)  # bound: a copy of the model runs its own weights
-            n += 1
-        if isinstance(m, CaptionDecoder) and m.packed_rnn is None:
-            names = [k for k, p in m.rnn.named_parameters() if k.startswith("weight_") and p.dtype == torch.float32]
-            m.packed_rnn = {k: PackedWeight() for k in names}
-            n += len(names)
-    return n
-
-
 def _runs_winograd(module: nn.Module) -> bool:
     return getattr(vars(module).get("forward"), "__func__", None) is _winograd_forward
 
@@ -187,6 +161,33 @@ def winograd_convolutions(model: nn.Module) -> int:
         if _winograd_eligible(m) and "forward" not in vars(m):  # not wrapped yet
             m.forward = types.MethodType(_winograd_forward, m)  # bound: a copy of the model runs its own weights
             n += 1
+    return n
+
+
+def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _packed_linear(x, self.weight, self.bias, self.packed_weight)
+
+
+def pack_linear_weights(model: nn.Module) -> int:
+    """Route the model's plain float32 ``nn.Linear`` layers and caption decoders' recurrent weights
+    through oneDNN-packed copies of their weights (``TEST.PACKED_LINEAR``, see the module
+    docstring), in place. Returns the number of weights routed: 0 where oneDNN is not available."""
+    from densecap.modeling.language_model import CaptionDecoder
+
+    if not packing_available():
+        logger.info("TEST.PACKED_LINEAR: this torch build has no oneDNN; linear layers stay as they are")
+        return 0
+    n = 0
+    for m in model.modules():
+        if (type(m) is nn.Linear and m.weight.dtype == torch.float32 and "forward" not in vars(m)
+                and m.weight.numel() * m.weight.element_size() <= PACKED_LINEAR_MAX_BYTES):
+            m.packed_weight = PackedWeight()
+            m.forward = types.MethodType(_packed_forward, m)  # bound: a copy of the model runs its own weights
+            n += 1
+        if isinstance(m, CaptionDecoder) and m.packed_rnn is None:
+            names = [k for k, p in m.rnn.named_parameters() if k.startswith("weight_") and p.dtype == torch.float32]
+            m.packed_rnn = {k: PackedWeight() for k in names}
+            n += len(names)
     return n
 
 

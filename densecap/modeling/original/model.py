@@ -268,7 +268,8 @@ class OriginalDenseCapModel(DenseCapModel):
         Hs = head.hidden_size
 
         def cell(xin, h, c):
-            g = head._rnn_linear(xin, "weight_ih_l0", w_ih, b_ih) + head._rnn_linear(h, "weight_hh_l0", w_hh, b_hh)  # n 4H
+            g = (head._rnn_linear(xin, "weight_ih_l0", w_ih, b_ih)
+                 + head._rnn_linear(h, "weight_hh_l0", w_hh, b_hh))  # n 4H (i, f, g, o)
             i, f, gg, o = g.chunk(4, dim=1)
             i, f, o, gg = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(gg)
             c = f * c + i * gg
