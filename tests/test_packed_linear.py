@@ -13,10 +13,8 @@ from conftest import tiny_config
 from densecap.data.tokenizer import Vocabulary
 from densecap.inference.speed import optimize_for_inference, pack_linear_weights
 from densecap.modeling import build_model
-from densecap.modeling.packed_linear import PackedWeight, packed_linear, packing_available
+from densecap.modeling.packed_linear import PackedWeight, packed_linear
 
-# the pinned torch has oneDNN: this never skips here
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
 
 
 def _close(a, b):
@@ -124,3 +122,13 @@ def test_weights_over_the_size_cap_stay_unpacked(monkeypatch):
     monkeypatch.setattr(speed, "PACKED_LINEAR_MAX_BYTES", 4096)
     assert pack_linear_weights(net) == 1
     assert "forward" not in vars(net[0]) and isinstance(net[1].packed_weight, PackedWeight)
+
+
+def test_without_onednn_nothing_is_routed(monkeypatch):
+    from densecap.inference import speed
+
+    monkeypatch.setattr(speed, "packing_available", lambda: False)
+    model, _ = _tiny_model()
+    assert pack_linear_weights(model) == 0
+    assert not any("forward" in vars(m) for m in model.modules() if type(m) is nn.Linear)
+    assert model.caption_head.packed_rnn is None

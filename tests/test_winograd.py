@@ -12,8 +12,6 @@ from densecap.benchmarks import _rcnn_common as C
 from densecap.inference import speed
 from densecap.inference.speed import optimize_for_inference, winograd_convolutions
 
-# the pinned torch has NNPACK: this never skips here
-pytestmark = pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="this torch build has no NNPACK")
 
 
 @pytest.fixture()
@@ -101,6 +99,12 @@ def test_a_copy_runs_its_own_weights():
             p.mul_(0.5)
         x = torch.randn(1, 3, 64, 64)
         assert not torch.allclose(twin[2](net[0](x)), net[2](net[0](x)))
+
+
+def test_without_nnpack_nothing_is_routed(monkeypatch):
+    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)
+    net = _net()
+    assert winograd_convolutions(net) == 0 and not any("forward" in vars(m) for m in net)
 
 
 def test_bfloat16_precision_keeps_the_direct_convolutions():
