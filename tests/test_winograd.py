@@ -66,6 +66,10 @@ def test_same_function_and_memory_format(nnpack_calls):
         out = conv(xc)
         assert out.is_contiguous(memory_format=torch.channels_last)  # the layout of its input
         torch.testing.assert_close(out, nn.Conv2d.forward(conv, xc), rtol=1e-4, atol=1e-4)
+        xt = torch.randn(1, 32, 72, 64).transpose(2, 3)  # a non-contiguous NCHW view: NCHW out
+        out = conv(xt)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, nn.Conv2d.forward(conv, xt), rtol=1e-4, atol=1e-4)
 
 
 def test_falls_back_where_it_would_not_help_or_cannot_run(nnpack_calls, monkeypatch):

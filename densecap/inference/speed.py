@@ -141,7 +141,9 @@ def _winograd_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         if pixels >= WINOGRAD_MIN_PIXELS * threads * threads:
             out = torch._nnpack_spatial_convolution(x.contiguous(), self.weight.contiguous(), self.bias,
                                                     [ph, pw], [1, 1])
-            return out if x.is_contiguous() else out.contiguous(memory_format=torch.channels_last)
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+                return out.contiguous(memory_format=torch.channels_last)  # NHWC in, NHWC out
+            return out
     return nn.Conv2d.forward(self, x)
 
 
