@@ -4,8 +4,8 @@ B: rows (regions, tokens); I, O: a layer's input and output features.
 
 The test-time lever ``TEST.PACKED_LINEAR`` (see :mod:`densecap.inference.speed`) gives each plain
 float32 ``nn.Linear`` of a model a :class:`PackedWeight` (attribute ``packed_weight``) and routes its
-forward through :func:`packed_linear`; the caption decoder's greedy step uses the output layer's the
-same way. The packed copy is made from the layer's own weight at its first use and remade whenever
+forward through :func:`packed_linear`; the caption decoder's greedy step multiplies through the
+output layer's packed weight the same way. The packed copy is made from the layer's own weight at its first use and remade whenever
 that weight changes (another tensor, or an in-place update), so the layer always computes with its
 current weights; it is not part of the state dict, and a copy of the model (``copy.deepcopy``)
 packs its own.
